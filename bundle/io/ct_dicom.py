@@ -1,0 +1,170 @@
+"""Reading CT DICOM into Hounsfield units, with the checks a clinical pipeline needs.
+
+Every problem raises :class:`CTInputError`, whose message starts with the offending file, so a user
+running over hundreds of series learns at once which file is wrong and why.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from monai.data import PydicomReader
+from pydicom.dataset import Dataset
+
+__all__ = ["CTInputError", "CTDicomReader", "check_ct_dataset", "padding_mask", "read_ct_slice", "CTSlice"]
+
+# Image types that carry CT pixel data in HU (classic and enhanced CT).
+CT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")
+
+
+class CTInputError(ValueError):
+    """Input that cannot be denoised as CT; the message names the file and the problem."""
+
+    def __init__(self, filename: os.PathLike | str, problem: str) -> None:
+        self.filename = str(filename)
+        self.problem = problem
+        super().__init__(f"{self.filename}: {problem}")
+
+
+def check_ct_dataset(ds: Dataset, filename: os.PathLike | str, require_rescale: bool = True) -> None:
+    """Raise :class:`CTInputError` unless ``ds`` is a single-sample CT image with a HU rescale.
+
+    Checks Modality (CT), pixel data presence, SamplesPerPixel 1 and, when ``require_rescale``, the
+    RescaleSlope/RescaleIntercept tags (without them stored values are not HU).
+    """
+    modality = ds.get("Modality")
+    if modality != "CT":
+        raise CTInputError(filename, f"Modality is {modality!r}, not 'CT': only CT images can be denoised")
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise CTInputError(filename, "no pixel data (is this an image?)")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise CTInputError(filename, f"SamplesPerPixel is {ds.SamplesPerPixel}: CT must be single-sample grayscale")
+    if require_rescale:
+        missing = [tag for tag in ("RescaleSlope", "RescaleIntercept") if tag not in ds]
+        if missing and not _has_functional_group_rescale(ds):
+            raise CTInputError(filename, f"missing {' and '.join(missing)}: cannot convert stored values to HU")
+
+
+def _has_functional_group_rescale(ds: Dataset) -> bool:
+    """Enhanced CT keeps the rescale in the shared functional groups (Pixel Value Transformation)."""
+    for group in ds.get("SharedFunctionalGroupsSequence", []):
+        if "PixelValueTransformationSequence" in group:
+            return True
+    return False
+
+
+def padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Boolean mask of padding pixels (outside the field of view) from PixelPaddingValue, or None.
+
+    With PixelPaddingRangeLimit the padding is the closed range between the two stored values.
+    """
+    if "PixelPaddingValue" not in ds:
+        return None
+    lo = hi = int(ds.PixelPaddingValue)
+    if "PixelPaddingRangeLimit" in ds:
+        lo, hi = sorted((lo, int(ds.PixelPaddingRangeLimit)))
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
+
+
+class CTDicomReader(PydicomReader):
+    """MONAI's :class:`~monai.data.PydicomReader` with CT checks, for ``LoadImaged(reader=...)``.
+
+    On top of the base reader (which applies RescaleSlope/Intercept and returns float32 HU) it:
+
+    - rejects files that are not CT, lack pixel data or lack the rescale tags (``require_rescale``);
+    - rejects a folder whose files mix series or geometries (SeriesInstanceUID, Rows/Columns,
+      PixelSpacing, ImageOrientationPatient), naming the first file that differs;
+    - replaces pixel padding (PixelPaddingValue, outside the field of view) by ``padding_hu`` so that
+      windowing and the network see air (the DICOM writer restores the padding from the source file).
+
+    Example::
+
+        LoadImaged(keys="image", reader=CTDicomReader())
+    """
+
+    def __init__(self, require_rescale: bool = True, padding_hu: float = -1024.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.require_rescale = require_rescale
+        self.padding_hu = padding_hu
+
+    def read(self, data, **kwargs):
+        try:
+            loaded = super().read(data, **kwargs)
+        except (pydicom.errors.InvalidDicomError, OSError, EOFError) as e:
+            raise CTInputError(data if isinstance(data, (str, os.PathLike)) else data[0], f"cannot read DICOM: {e}")
+        for name in self.filenames:
+            if isinstance(name, (list, tuple)) and not name:
+                raise CTInputError(data, "folder holds no readable DICOM files")
+        datasets = loaded if isinstance(loaded, list) else [loaded]
+        for item, names in zip(datasets, self.filenames):
+            if isinstance(item, list):
+                _check_single_series(item, names)
+        return loaded
+
+    def _get_array_data(self, img, filename):
+        check_ct_dataset(img, filename, self.require_rescale)
+        try:
+            stored = img.pixel_array
+        except Exception as e:  # pydicom raises many types for broken or undecodable pixel data
+            raise CTInputError(filename, f"cannot decode pixel data ({img.file_meta.TransferSyntaxUID.name}): {e}")
+        hu = super()._get_array_data(img, filename)
+        mask = padding_mask(img, stored)
+        if mask is not None:
+            hu = np.where(mask, np.float32(self.padding_hu), hu).astype(np.float32)
+        if not np.all(np.isfinite(hu)):
+            raise CTInputError(filename, "pixel values are not finite after rescale")
+        return hu
+
+
+def _check_single_series(datasets: Sequence[Dataset], filenames: Sequence[str]) -> None:
+    """Raise when a folder mixes series or geometries: each must be processed on its own."""
+    first, first_name = datasets[0], filenames[0]
+    for ds, name in zip(datasets[1:], filenames[1:]):
+        for tag in ("SeriesInstanceUID", "Rows", "Columns", "PixelSpacing", "ImageOrientationPatient"):
+            a, b = first.get(tag), ds.get(tag)
+            if tag in ("PixelSpacing", "ImageOrientationPatient") and a is not None and b is not None:
+                same = np.allclose(np.asarray(a, float), np.asarray(b, float), atol=1e-4)
+            else:
+                same = a == b
+            if not same:
+                raise CTInputError(
+                    name, f"{tag} {b} differs from {a} in {first_name}: the folder mixes series; give one series a folder"
+                )
+
+
+@dataclass
+class CTSlice:
+    """One CT slice in HU with its dataset and padding mask (None when the file declares no padding)."""
+
+    hu: np.ndarray
+    dataset: Dataset
+    padding: np.ndarray | None
+    filename: str
+
+
+def read_ct_slice(filename: os.PathLike | str, require_rescale: bool = True) -> CTSlice:
+    """Read one single-frame CT DICOM file as float32 HU (H, W), keeping padding pixels' HU values.
+
+    Raises :class:`CTInputError` naming the file for unreadable, non-CT or un-rescalable input.
+    """
+    filename = str(filename)
+    try:
+        ds = pydicom.dcmread(filename)
+    except (pydicom.errors.InvalidDicomError, OSError, EOFError) as e:
+        raise CTInputError(filename, f"cannot read DICOM: {e}")
+    check_ct_dataset(ds, filename, require_rescale)
+    try:
+        stored = ds.pixel_array
+    except Exception as e:  # broken or undecodable pixel data
+        raise CTInputError(filename, f"cannot decode pixel data: {e}")
+    if stored.ndim != 2:
+        raise CTInputError(filename, f"expected a single-frame 2D slice, got pixel array of shape {stored.shape}")
+    slope = float(ds.get("RescaleSlope", 1.0))
+    intercept = float(ds.get("RescaleIntercept", 0.0))
+    hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return CTSlice(hu=hu, dataset=ds, padding=padding_mask(ds, stored), filename=filename)
