@@ -1,0 +1,1 @@
+from .ct import ValidateCTImaged
