@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pydicom
 from monai.data import PydicomReader
+from monai.utils import ensure_tuple
 from pydicom.dataset import Dataset
 
 __all__ = ["CTInputError", "CTDicomReader", "check_ct_dataset", "padding_mask", "read_ct_slice", "CTSlice"]
 
-# Image types that carry CT pixel data in HU (classic and enhanced CT).
-CT_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1")
+DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima")
 
 
 class CTInputError(ValueError):
@@ -92,19 +93,41 @@ class CTDicomReader(PydicomReader):
         self.require_rescale = require_rescale
         self.padding_hu = padding_hu
 
+    def verify_suffix(self, filename) -> bool:
+        """Claim folders, DICOM files and files named like DICOM (``.dcm``, ``.ima``, no suffix), not NIfTI."""
+        for name in ensure_tuple(filename):
+            path = Path(name)
+            if path.is_dir() or path.suffix.lower() in DICOM_SUFFIXES:
+                continue
+            if not (path.is_file() and pydicom.misc.is_dicom(path)):
+                return False
+        return True
+
     def read(self, data, **kwargs):
+        # LoadImage silently falls back to other readers when ``read`` raises, which would hide the reason
+        # and let ITK load a non-CT or mixed folder: problems found here are raised from ``get_data``.
+        if not self.verify_suffix(data):
+            raise ValueError(f"{data}: not DICOM, left to the other readers")
         try:
             loaded = super().read(data, **kwargs)
-        except (pydicom.errors.InvalidDicomError, OSError, EOFError) as e:
-            raise CTInputError(data if isinstance(data, (str, os.PathLike)) else data[0], f"cannot read DICOM: {e}")
-        for name in self.filenames:
-            if isinstance(name, (list, tuple)) and not name:
-                raise CTInputError(data, "folder holds no readable DICOM files")
-        datasets = loaded if isinstance(loaded, list) else [loaded]
-        for item, names in zip(datasets, self.filenames):
+        except Exception as e:  # pydicom raises many types for unreadable files
+            name = data if isinstance(data, (str, os.PathLike)) else ensure_tuple(data)[0]
+            return _ReadFailure(CTInputError(name, f"cannot read DICOM: {e}"))
+        datasets = [loaded] if len(self.filenames) == 1 else loaded
+        for item, names, name in zip(datasets, self.filenames, ensure_tuple(data)):
+            if isinstance(item, list) and not item:
+                return _ReadFailure(CTInputError(name, "folder holds no readable DICOM files"))
             if isinstance(item, list):
-                _check_single_series(item, names)
+                try:
+                    _check_single_series(item, names)
+                except CTInputError as e:
+                    return _ReadFailure(e)
         return loaded
+
+    def get_data(self, data):
+        if isinstance(data, _ReadFailure):
+            raise data.error
+        return super().get_data(data)
 
     def _get_array_data(self, img, filename):
         check_ct_dataset(img, filename, self.require_rescale)
@@ -119,6 +142,13 @@ class CTDicomReader(PydicomReader):
         if not np.all(np.isfinite(hu)):
             raise CTInputError(filename, "pixel values are not finite after rescale")
         return hu
+
+
+@dataclass
+class _ReadFailure:
+    """A read error carried to ``get_data``, where LoadImage lets it through."""
+
+    error: CTInputError
 
 
 def _check_single_series(datasets: Sequence[Dataset], filenames: Sequence[str]) -> None:

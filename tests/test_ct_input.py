@@ -1,0 +1,113 @@
+"""CT input checks: DICOM to HU, bad files rejected with the file named, NIfTI checks, input discovery."""
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from dicom_factory import phantom_hu, write_ct_series, write_ct_slice
+from monai.transforms import LoadImaged
+
+from bundle.io import CTDicomReader, CTInputError, find_ct_inputs, read_ct_slice, require_checkpoint
+from bundle.transforms import ValidateCTImaged
+
+
+def load(path):
+    """MONAI's DICOM readers put columns first (x, y), as ITK does: images come back transposed."""
+    return LoadImaged("image", reader=CTDicomReader(), ensure_channel_first=True)({"image": str(path)})["image"]
+
+
+@pytest.mark.parametrize("intercept,slope,signed", [(-1024.0, 1.0, False), (0.0, 1.0, True), (-1000.0, 0.5, True)])
+def test_stored_values_become_hu(tmp_path, intercept, slope, signed):
+    hu = np.round(phantom_hu(48) / slope) * slope  # representable exactly
+    write_ct_slice(tmp_path / "a.dcm", hu, rescale_intercept=intercept, rescale_slope=slope, signed=signed)
+    img = load(tmp_path / "a.dcm")
+    assert img.shape == (1, 48, 48)
+    np.testing.assert_allclose(img[0].numpy().T, hu.clip(min=intercept if not signed else None), atol=1e-4)
+    np.testing.assert_allclose(read_ct_slice(tmp_path / "a.dcm").hu, img[0].numpy().T, atol=1e-4)
+
+
+def test_series_folder_loads_as_volume_and_padding_becomes_air(tmp_path):
+    volume = np.stack([phantom_hu(40, seed=i, noise_hu=5) for i in range(3)])
+    volume[:, :3, :] = -3024.0  # padding outside the field of view, stored 0 with intercept -3024
+    write_ct_series(tmp_path / "s", volume, rescale_intercept=-3024.0, pixel_padding_value=0)
+    img = load(tmp_path / "s")
+    assert img.shape == (1, 40, 40, 3)
+    assert float(img[0, :, :3].max()) == -1024.0  # padding (first rows, transposed) replaced by air
+    expected = np.round(volume[:, 3:, :]).transpose(2, 1, 0)
+    np.testing.assert_allclose(img[0, :, 3:].numpy(), expected, atol=1e-4)
+    assert read_ct_slice(tmp_path / "s" / "slice_001.dcm").padding[:3].all()
+
+
+def test_non_ct_is_rejected_with_file_name(tmp_path):
+    path = tmp_path / "mr.dcm"
+    write_ct_slice(path, phantom_hu(32), modality="MR")
+    with pytest.raises(CTInputError, match=r"mr\.dcm: Modality is 'MR'"):
+        load(path)
+
+
+def test_missing_rescale_tags_are_rejected(tmp_path):
+    path = tmp_path / "norescale.dcm"
+    write_ct_slice(path, phantom_hu(32) + 1024, rescale_intercept=None, rescale_slope=None)
+    with pytest.raises(CTInputError, match=r"norescale\.dcm: missing RescaleSlope and RescaleIntercept"):
+        load(path)
+    with pytest.raises(CTInputError, match="norescale.dcm"):
+        read_ct_slice(path)
+
+
+def test_corrupt_file_is_rejected(tmp_path):
+    path = tmp_path / "broken.dcm"
+    write_ct_slice(path, phantom_hu(32))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated pixel data
+    with pytest.raises(CTInputError, match=r"broken\.dcm"):
+        load(path)
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"not a dicom file at all" * 10)
+    with pytest.raises(CTInputError, match=r"garbage\.dcm: cannot read DICOM"):
+        read_ct_slice(garbage)
+    with pytest.raises(CTInputError, match=r"garbage\.dcm: cannot read DICOM"):
+        load(garbage)
+
+
+def test_mixed_series_folder_is_rejected(tmp_path):
+    write_ct_slice(tmp_path / "a.dcm", phantom_hu(32), instance_number=1)
+    write_ct_slice(tmp_path / "b.dcm", phantom_hu(32), instance_number=2)  # another SeriesInstanceUID
+    with pytest.raises(CTInputError, match="SeriesInstanceUID"):
+        load(tmp_path)
+
+
+def test_validate_rejects_small_nan_and_wrong_shapes(tmp_path):
+    check = ValidateCTImaged("image", min_size=21)
+    small = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 30), np.float32), np.eye(4)), small)
+    with pytest.raises(CTInputError, match=r"small\.nii\.gz: image of 16x30 pixels is smaller than the 21x21 kernel"):
+        check({"image": load(small)})
+    nan = tmp_path / "nan.nii.gz"
+    data = np.zeros((32, 32), np.float32)
+    data[3, 4] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), nan)
+    with pytest.raises(CTInputError, match=r"nan\.nii\.gz: 1 pixel values are NaN or infinite"):
+        check({"image": load(nan)})
+    volume = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 4), np.float32), np.eye(4)), volume)
+    with pytest.raises(CTInputError, match=r"vol\.nii\.gz: expected a single-channel CT image \(1, H, W\)"):
+        check({"image": load(volume)})
+    ValidateCTImaged("image", min_size=21, allow_volume=True)({"image": load(volume)})
+
+
+def test_find_ct_inputs_lists_series_folders_and_nifti(tmp_path):
+    write_ct_series(tmp_path / "patient1" / "series1", np.stack([phantom_hu(24)] * 2))
+    write_ct_series(tmp_path / "patient2" / "ct", np.stack([phantom_hu(24)]))
+    nib.save(nib.Nifti1Image(np.zeros((24, 24, 2), np.float32), np.eye(4)), tmp_path / "vol.nii.gz")
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = [os.path.relpath(item["image"], tmp_path) for item in find_ct_inputs(tmp_path)]
+    assert found == [os.path.join("patient1", "series1"), os.path.join("patient2", "ct"), "vol.nii.gz"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no DICOM series or NIfTI files"):
+        find_ct_inputs(tmp_path / "empty")
+
+
+def test_missing_checkpoint_says_how_to_get_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run training"):
+        require_checkpoint(tmp_path / "model.pt")
