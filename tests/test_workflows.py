@@ -1,0 +1,226 @@
+"""End-to-end runs of the bundle's configs on the embedded sample data, as the Model Zoo's tests run them."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from bundle.io import read_ct_slice
+from bundle.networks import StructKPN
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+META = str(CONFIGS / "metadata.json")
+LOGGING = str(CONFIGS / "logging.conf")
+SAMPLE = REPO / "sample_data"
+DATALIST = json.loads((SAMPLE / "datalist.json").read_text())
+
+
+def workflow(workflow_type: str, config_files: list[str], **overrides) -> ConfigWorkflow:
+    files = [str(CONFIGS / f) for f in config_files]
+    flow = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=META,
+        logging_file=LOGGING,
+        workflow_type=workflow_type,
+        **overrides,
+    )
+    flow.initialize()
+    assert flow.check_properties() == []
+    return flow
+
+
+def psnr_in_window(pred_hu: np.ndarray, label_hu: np.ndarray, window=(-160.0, 240.0)) -> float:
+    """PSNR with data range 1 after mapping the HU window to [0, 1] (the paper's convention)."""
+    lo, hi = window
+    a = np.clip((pred_hu - lo) / (hi - lo), 0, 1)
+    b = np.clip((label_hu - lo) / (hi - lo), 0, 1)
+    return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
+
+
+def near_identity_checkpoint(path: Path) -> Path:
+    """A StructKPN whose kernels are (to float precision) the centre tap: output = input."""
+    net = StructKPN()
+    last = net.identity_logit_layer()
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[net.kernel_size**2 // 2] = 60.0
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two epochs of training on the sample (validation each epoch), shared by the later tests."""
+    out = tmp_path_factory.mktemp("train")
+    flow = workflow(
+        "train",
+        ["train.json"],
+        ckpt_dir=str(out / "models"),
+        output_dir=str(out / "eval"),
+        dataset_dir=str(SAMPLE),
+        epochs=2,
+        val_interval=1,
+        patches_per_slice=4,
+    )
+    flow.run()
+    trainer = flow.train_trainer if hasattr(flow, "train_trainer") else flow.parser.get_parsed_content("train#trainer")
+    flow.finalize()
+    return out, trainer
+
+
+def test_training_saves_best_model_and_resumable_state(trained):
+    out, trainer = trained
+    n_train = len(DATALIST["training"])
+    assert trainer.state.epoch == 2
+    assert trainer.state.iteration == 2 * int(np.ceil(n_train / 2))
+    assert np.isfinite(trainer.state.output[0]["loss"])
+    state = torch.load(out / "models" / "model.pt", map_location="cpu")
+    assert set(state) == set(StructKPN().state_dict())  # a plain state dict, loadable by inference.json
+    assert (out / "models" / "training_final.pt").is_file()
+    assert list((out / "eval").glob("events.out.tfevents*")), "TensorBoard log written"
+
+
+def test_training_resumes_from_checkpoint(trained, tmp_path):
+    out, _ = trained
+    flow = workflow(
+        "train",
+        ["train.json"],
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        dataset_dir=str(SAMPLE),
+        epochs=3,
+        val_interval=5,
+        patches_per_slice=2,
+        resume_from=str(out / "models" / "training_final.pt"),
+    )
+    trainer = flow.parser.get_parsed_content("train#trainer")
+    flow.run()
+    assert trainer.state.epoch == 3
+    assert trainer.state.iteration == 3 * int(np.ceil(len(DATALIST["training"]) / 2))  # continued, not restarted
+    flow.finalize()
+
+
+def test_evaluate_writes_per_slice_and_mean_metrics(trained, tmp_path):
+    out, _ = trained
+    flow = workflow(
+        "train",
+        ["train.json", "evaluate.json"],
+        ckpt_path=str(out / "models" / "model.pt"),
+        output_dir=str(tmp_path),
+        dataset_dir=str(SAMPLE),
+    )
+    flow.run()
+    flow.finalize()
+    with open(tmp_path / "metrics.csv") as f:
+        means = {row[0]: float(row[1]) for row in csv.reader(f, delimiter="\t")}
+    assert {"test_psnr", "test_ssim", "input_psnr", "input_ssim"} <= set(means)
+    with open(tmp_path / "input_psnr_raw.csv") as f:
+        rows = list(csv.reader(f, delimiter="\t"))[1:]
+    test_items = DATALIST["test"]
+    assert len(rows) == len(test_items)
+    # Independent check of the input's PSNR: read the DICOM files with pydicom and compute it in numpy.
+    expected = []
+    for item in test_items:
+        ldct = read_ct_slice(SAMPLE / item["image"]).hu.clip(-1024, 3072)
+        ndct = read_ct_slice(SAMPLE / item["label"]).hu.clip(-1024, 3072)
+        expected.append(psnr_in_window(ldct, ndct))
+    assert means["input_psnr"] == pytest.approx(np.mean(expected), abs=1e-3)
+
+
+def test_inference_denoises_each_series_without_touching_inputs(tmp_path):
+    ldct_dir = SAMPLE / Path(DATALIST["test"][0]["image"]).parts[0]
+    before = tree_digest(ldct_dir)
+    ckpt = near_identity_checkpoint(tmp_path / "identity.pt")
+    flow = workflow(
+        "infer", ["inference.json"], ckpt_path=str(ckpt), dataset_dir=str(ldct_dir), output_dir=str(tmp_path / "out")
+    )
+    flow.run()
+    flow.finalize()
+    assert tree_digest(ldct_dir) == before, "inputs must never be modified"
+    outputs = sorted((tmp_path / "out").rglob("*.nii.gz"))
+    series = {str(Path(item["image"]).parent) for item in DATALIST["training"] + DATALIST["test"]}
+    series = {s for s in series if s.startswith(ldct_dir.name)}
+    assert len(outputs) == len(series)
+    assert not list((tmp_path / "out").rglob(".*partial*")), "no temporary files left behind"
+    # The identity network makes the whole DICOM -> HU -> window -> network -> HU chain checkable exactly.
+    first_series = sorted(series)[0]
+    files = sorted((SAMPLE / first_series).iterdir(), key=lambda f: int(pydicom.dcmread(f).InstanceNumber))
+    relative = Path(first_series).relative_to(ldct_dir.name)
+    volume = nib.load(tmp_path / "out" / relative.parent / f"{relative.name}_denoised.nii.gz").get_fdata()
+    assert volume.shape[-1] == len(files)
+    for index, path in enumerate(files):  # MONAI keeps DICOM columns first (x, y): transpose back
+        np.testing.assert_allclose(volume[..., index].T, read_ct_slice(path).hu.clip(-1024, 3072), atol=0.05)
+
+
+def test_inference_without_weights_says_how_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run training"):
+        workflow("infer", ["inference.json"], ckpt_path=str(tmp_path / "missing.pt"), output_dir=str(tmp_path)).run()
+
+
+def test_command_line_verify_and_export(trained, tmp_path):
+    out, _ = trained
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    base = ["--meta_file", META, "--config_file", str(CONFIGS / "inference.json")]
+    subprocess.run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", *base], check=True, cwd=REPO, env=env)
+    exported = tmp_path / "model.ts"
+    subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(exported),
+         "--ckpt_file", str(out / "models" / "model.pt"), *base],
+        check=True, cwd=REPO, env=env,
+    )
+    scripted = torch.jit.load(str(exported))
+    net = StructKPN()
+    net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
+    net.eval()
+    x = torch.rand(1, 1, 40, 52)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_command_line_training_with_run_id(tmp_path):
+    """The README's form: `python -m monai.bundle run training ...` with command-line overrides."""
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", META,
+        "--config_file", str(CONFIGS / "train.json"), "--logging_file", LOGGING,
+        "--bundle_root", str(REPO), "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"),
+        "--epochs", "1", "--val_interval", "1", "--patches_per_slice", "2",
+    ]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "train_loss" in result.stdout + result.stderr
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_multi_gpu_config_runs_ddp_on_cpu_with_gloo(tmp_path):
+    cmd = [
+        "torchrun", "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle", "run",
+        "--meta_file", META, "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}']",
+        "--logging_file", LOGGING, "--bundle_root", str(REPO), "--ckpt_dir", str(tmp_path / "models"),
+        "--output_dir", str(tmp_path / "eval"), "--epochs", "1", "--val_interval", "1", "--patches_per_slice", "2",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
+    assert set(state) == set(StructKPN().state_dict())  # saved unwrapped from DistributedDataParallel
