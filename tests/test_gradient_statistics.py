@@ -1,0 +1,148 @@
+"""Gradient statistics (Eqs. 2-3) against an explicit SVD of patch gradient matrices, closed forms; the transform."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, ConcatItemsd, SpatialCropd
+
+from bundle.losses.gradient_statistics import gradient_statistics
+from bundle.transforms.statistics import GradientStatistics, GradientStatisticsd
+
+
+def svd_statistics(image: np.ndarray, patch_size: int, row: int, col: int) -> tuple[float, float]:
+    """Strength sqrt(l1) and coherence of one pixel from the singular values of its explicit (kr*kr, 2) matrix G."""
+    grad_y, grad_x = np.gradient(image)
+    radius = patch_size // 2
+    padded_x, padded_y = np.pad(grad_x, radius, mode="reflect"), np.pad(grad_y, radius, mode="reflect")
+    window = (slice(row, row + patch_size), slice(col, col + patch_size))
+    gradient_matrix = np.stack([padded_x[window].ravel(), padded_y[window].ravel()], axis=1)
+    singular_values = np.linalg.svd(gradient_matrix, compute_uv=False)
+    return singular_values[0], (singular_values[0] - singular_values[1]) / (singular_values[0] + singular_values[1])
+
+
+def structured_image(height: int, width: int) -> np.ndarray:
+    """A disk edge, a diagonal ramp, oriented stripes and a few dots, plus a little noise."""
+    rows, cols = np.mgrid[:height, :width].astype(float)
+    disk = ((rows - height / 2) ** 2 + (cols - width / 3) ** 2 < (height / 3) ** 2).astype(float)
+    stripes = 0.2 * np.sin(0.9 * cols + 0.4 * rows) * (cols > width / 2)
+    dots = np.zeros((height, width))
+    dots[5::9, 4::7] = 1.0
+    return (
+        disk + 0.01 * (rows + 2 * cols) + stripes + dots + 0.01 * np.random.default_rng(1).standard_normal(rows.shape)
+    )
+
+
+def to_batch(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image)[None, None]
+
+
+PIXELS = [(0, 0), (0, 28), (23, 0), (23, 28), (1, 14), (12, 27), (12, 14), (5, 9), (17, 20)]
+
+
+@pytest.mark.parametrize("patch_size", [11, 5])
+@pytest.mark.parametrize("kind", ["random", "structured"])
+def test_matches_svd_of_patch_gradient_matrix(kind: str, patch_size: int) -> None:
+    shape = (24, 29)  # not square, to catch swapped axes
+    image = np.random.default_rng(0).random(shape) if kind == "random" else structured_image(*shape)
+    statistics = gradient_statistics(to_batch(image), patch_size=patch_size, strength_scale=1.0)[0].numpy()
+    assert statistics.shape == (2, *shape)
+    for row, col in PIXELS:
+        strength, coherence = svd_statistics(image, patch_size, row, col)
+        np.testing.assert_allclose(statistics[:, row, col], [strength, coherence], rtol=1e-9, atol=1e-12)
+
+
+def test_float32_and_strength_scale() -> None:
+    image = structured_image(24, 29)
+    reference = gradient_statistics(to_batch(image), strength_scale=1.0)[0].numpy()
+    statistics = gradient_statistics(to_batch(image).float(), strength_scale=2.5)[0].numpy()
+    assert statistics.dtype == np.float32
+    np.testing.assert_allclose(statistics[0], 2.5 * reference[0], rtol=1e-5)
+    np.testing.assert_allclose(statistics[1], reference[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("slope", [(0.0, 0.02), (0.03, 0.0), (-0.01, 0.025)])
+def test_linear_ramp_is_fully_coherent(slope: tuple[float, float]) -> None:
+    rows, cols = np.mgrid[:20, :30].astype(float)
+    image = 0.3 + slope[0] * rows + slope[1] * cols
+    statistics = gradient_statistics(to_batch(image), patch_size=7, strength_scale=1.5)[0].numpy()
+    # every gradient is (slope_x, slope_y), so G^T G = 49 g g^T: sqrt(l1) = 7 |g| and l2 = 0
+    np.testing.assert_allclose(statistics[0], 1.5 * 7 * np.hypot(*slope), rtol=1e-9)
+    np.testing.assert_allclose(statistics[1], 1.0, atol=1e-6)
+
+
+def test_stripes_are_fully_coherent() -> None:
+    cols = np.arange(40, dtype=float)
+    image = np.tile(0.5 + 0.1 * np.sin(0.7 * cols), (30, 1))  # varies along x only: G has a zero column
+    coherence = gradient_statistics(to_batch(image).float())[0, 1].numpy()
+    np.testing.assert_allclose(coherence, 1.0, atol=1e-5)
+
+
+def test_constant_image_has_zero_statistics() -> None:
+    statistics = gradient_statistics(torch.full((2, 1, 16, 16), 0.25))
+    assert torch.equal(statistics, torch.zeros(2, 2, 16, 16))
+
+
+def test_isotropic_texture_has_low_coherence() -> None:
+    noise = torch.from_numpy(np.random.default_rng(3).standard_normal((1, 1, 96, 96)))
+    coherence = gradient_statistics(noise)[0, 1]
+    assert coherence.median() < 0.1
+    assert coherence.quantile(0.95) < 0.2
+
+
+def test_invariant_to_flips_and_rot90() -> None:
+    image = to_batch(structured_image(24, 29))
+    statistics = gradient_statistics(image)
+    for transform in (
+        lambda x: torch.flip(x, (2,)),
+        lambda x: torch.flip(x, (3,)),
+        lambda x: torch.rot90(x, 1, (2, 3)),
+    ):
+        torch.testing.assert_close(gradient_statistics(transform(image)), transform(statistics), rtol=1e-10, atol=1e-12)
+
+
+def test_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError):
+        gradient_statistics(torch.zeros(1, 2, 8, 8))
+    with pytest.raises(ValueError):
+        gradient_statistics(torch.zeros(1, 1, 8, 8), patch_size=4)
+
+
+def test_transform_matches_function_for_numpy_and_metatensor() -> None:
+    image = structured_image(24, 29).astype(np.float32)[None]
+    expected = gradient_statistics(torch.from_numpy(image)[None], patch_size=7, strength_scale=2.0)[0].numpy()
+    from_numpy = GradientStatistics(patch_size=7, strength_scale=2.0)(image)
+    assert isinstance(from_numpy, np.ndarray) and from_numpy.dtype == np.float32
+    np.testing.assert_allclose(from_numpy, expected, rtol=1e-6, atol=1e-7)
+
+    affine = torch.diag(torch.tensor([0.8, 0.8, 5.0, 1.0], dtype=torch.float64))
+    meta_image = MetaTensor(torch.from_numpy(image), affine=affine, meta={"filename_or_obj": "slice.dcm"})
+    from_meta = GradientStatisticsd(keys="label", output_key="label_stats", patch_size=7, strength_scale=2.0)(
+        {"label": meta_image}
+    )["label_stats"]
+    assert isinstance(from_meta, MetaTensor)
+    torch.testing.assert_close(from_meta.affine, affine)
+    assert from_meta.meta["filename_or_obj"] == "slice.dcm"
+    np.testing.assert_allclose(from_meta.numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_transform_chain_concatenates_and_crops_with_label() -> None:
+    label = torch.from_numpy(structured_image(24, 29).astype(np.float32))[None]
+    chain = Compose(
+        [
+            GradientStatisticsd(keys="label", output_key="label_stats"),
+            ConcatItemsd(keys=["label", "label_stats"], name="label"),
+            SpatialCropd(keys="label", roi_start=(4, 6), roi_end=(20, 22)),
+        ]
+    )
+    cropped = chain({"label": MetaTensor(label)})["label"]
+    assert cropped.shape == (3, 16, 16)
+    torch.testing.assert_close(cropped[:1].as_tensor(), label[:, 4:20, 6:22])
+    torch.testing.assert_close(cropped[1:].as_tensor(), gradient_statistics(label[None])[0, :, 4:20, 6:22])
+
+
+def test_transform_needs_one_output_key_per_key() -> None:
+    with pytest.raises(ValueError):
+        GradientStatisticsd(keys=["label", "image"], output_key="label_stats")
