@@ -1,3 +1,15 @@
 from .ct_dicom import CTDicomReader, CTInputError, CTSlice, check_ct_dataset, padding_mask, read_ct_slice
 from .nifti_writer import AtomicNibabelWriter
 from .paths import find_ct_inputs, require_checkpoint
+from .datalist import SPLITS, build_datalist, split_patients, write_datalist
+from .dicom_writer import hu_to_stored, stored_value_range, write_dataset_atomically, write_derived_slice
+from .layouts import (
+    SliceHeader,
+    find_dicom_series,
+    find_nifti_volumes,
+    mayo_pairs,
+    pair_slices_by_position,
+    read_slice_headers,
+    tcia_dose_fraction,
+    tcia_ldct_pairs,
+)

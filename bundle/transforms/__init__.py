@@ -1,1 +1,2 @@
 from .ct import ValidateCTImaged
+from .statistics import GradientStatistics, GradientStatisticsd
