@@ -1,6 +1,6 @@
 """Map which term of the structure-aware loss dominates each pixel of a normal-dose CT slice (paper Fig. 2(e)).
 
-    python scripts/loss_component_map.py --dicom slice.dcm --output loss_components.png [--strength-scale 3.0]
+    python scripts/loss_component_map.py --dicom slice.dcm --output loss_components.png [--strength-scale 2.0]
 
 Reads the slice as HU, windows HU [-1024, 3072] to [0, 1] (as the training data), computes the per-pixel weights of
 the L2, L1 and SSIM terms (paper Eq. 6) with :class:`~bundle.losses.structure_aware.StructureAwareLoss`, saves the

@@ -28,8 +28,8 @@ def reference_loss(prediction: np.ndarray, target: np.ndarray, strength_scale: f
         for col in range(width):
             patch = (slice(row, row + window), slice(col, col + window))
             gradients = np.stack([padded_x[patch].ravel(), padded_y[patch].ravel()], axis=1)
-            s1, s2 = np.linalg.svd(gradients, compute_uv=False)
-            coherence = (s1 - s2) / (s1 + s2) if s1 > 0 else 0.0
+            s1, s2 = np.linalg.svd(gradients, compute_uv=False)  # the paper's "eigenvalues of G by SVD"
+            coherence = (np.sqrt(s1) - np.sqrt(s2)) / (np.sqrt(s1) + np.sqrt(s2)) if s1 > 0 else 0.0
             logits = np.array([1.8 * coherence, 0.35, strength_scale * s1])
             w_l2, w_l1, w_ssim = np.exp(logits) / np.exp(logits).sum()
 
@@ -66,7 +66,7 @@ def to_batch(*images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack(images))[:, None]
 
 
-@pytest.mark.parametrize("strength_scale", [3.0, 12.0])
+@pytest.mark.parametrize("strength_scale", [2.0, 12.0])
 def test_matches_plain_numpy_reference(strength_scale: float) -> None:
     rng = np.random.default_rng(0)
     clean, _ = chest_like_patch(40)

@@ -25,8 +25,8 @@ class GradientStatistics(Transform):
 
     Args:
         patch_size: side ``kr`` of the patch, in pixels.
-        strength_scale: factor on ``sqrt(l1)`` giving the strength.
-        dtype: dtype of the computation and of the output.
+        strength_scale: factor on the largest singular value ``s1`` of the patch gradient matrix, giving the strength.
+        dtype: dtype of the converted input and of the output (the statistics are computed in float64 inside).
 
     Example::
 
@@ -75,8 +75,8 @@ class GradientStatisticsd(MapTransform):
         keys: keys of the (1, H, W) images.
         output_key: key (or one key per item of ``keys``) receiving the statistics.
         patch_size: side ``kr`` of the patch, in pixels.
-        strength_scale: factor on ``sqrt(l1)`` giving the strength; must match the loss's.
-        dtype: dtype of the computation and of the output.
+        strength_scale: factor on the largest singular value ``s1``, giving the strength; must match the loss's.
+        dtype: dtype of the converted input and of the output (the statistics are computed in float64 inside).
         allow_missing_keys: don't raise an exception if a key is missing.
     """
 
