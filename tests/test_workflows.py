@@ -54,7 +54,7 @@ def psnr_in_window(pred_hu: np.ndarray, label_hu: np.ndarray, window=(-160.0, 24
 def near_identity_checkpoint(path: Path) -> Path:
     """A StructKPN whose kernels are (to float precision) the centre tap: output = input."""
     net = StructKPN()
-    last = net.identity_logit_layer()
+    last = net.head[-1]  # the 1x1 convolution giving the k*k kernel logits
     with torch.no_grad():
         last.weight.zero_()
         last.bias.zero_()
@@ -81,8 +81,8 @@ def trained(tmp_path_factory):
         val_interval=1,
         patches_per_slice=4,
     )
+    trainer = flow.parser.get_parsed_content("train#trainer")
     flow.run()
-    trainer = flow.train_trainer if hasattr(flow, "train_trainer") else flow.parser.get_parsed_content("train#trainer")
     flow.finalize()
     return out, trainer
 
@@ -131,10 +131,10 @@ def test_evaluate_writes_per_slice_and_mean_metrics(trained, tmp_path):
     flow.run()
     flow.finalize()
     with open(tmp_path / "metrics.csv") as f:
-        means = {row[0]: float(row[1]) for row in csv.reader(f, delimiter="\t")}
+        means = {row[0]: float(row[1]) for row in csv.reader(f)}
     assert {"test_psnr", "test_ssim", "input_psnr", "input_ssim"} <= set(means)
     with open(tmp_path / "input_psnr_raw.csv") as f:
-        rows = list(csv.reader(f, delimiter="\t"))[1:]
+        rows = list(csv.reader(f))[1:]
     test_items = DATALIST["test"]
     assert len(rows) == len(test_items)
     # Independent check of the input's PSNR: read the DICOM files with pydicom and compute it in numpy.
@@ -172,8 +172,14 @@ def test_inference_denoises_each_series_without_touching_inputs(tmp_path):
 
 
 def test_inference_without_weights_says_how_to_get_them(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run training"):
+    with pytest.raises(Exception) as raised:
         workflow("infer", ["inference.json"], ckpt_path=str(tmp_path / "missing.pt"), output_dir=str(tmp_path)).run()
+    causes = [raised.value]
+    while causes[-1].__cause__ is not None:  # MONAI wraps errors of config expressions in RuntimeError
+        causes.append(causes[-1].__cause__)
+    assert any(isinstance(e, FileNotFoundError) and "missing.pt: no model weights" in str(e) for e in causes)
+    assert "run training" in str(causes[-1])
+    assert not list(tmp_path.rglob("*.nii.gz"))
 
 
 def test_command_line_verify_and_export(trained, tmp_path):

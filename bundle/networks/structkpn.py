@@ -1,0 +1,198 @@
+"""StructKPN: a kernel prediction network that filters every CT pixel with its own predicted kernel."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bundle.layers.local_conv import local_conv2d_padded, pad_for_local_conv
+
+__all__ = ["STRUCTKPN_PRESETS", "StructKPN"]
+
+STRUCTKPN_PRESETS: dict[str, dict[str, int]] = {
+    "lite": {"features": 32, "num_res_blocks": 8, "head_channels": 32, "block_groups": 1, "downsample": 2},
+    "authors": {"features": 96, "num_res_blocks": 24, "head_channels": 441, "block_groups": 2, "downsample": 1},
+}
+"""Named settings of the kernel predictor (measured costs in ``docs/dev/network_costs.md``).
+
+- ``"authors"``: Fig. 1 at full resolution, as in the authors' released configuration: 24 residual blocks of 96
+  channels whose 3 x 3 convolutions have 2 groups (the "G2" of Fig. 1; the 441-channel head cannot be split in 2
+  groups), then the head of 1 x 1 convolutions 96 -> 441 -> 441 (k = 21). 2.3 M parameters, 606 GMAC a 512 x 512
+  slice.
+- ``"lite"`` (default): the residual trunk runs at half resolution (stride-2 convolution in, sub-pixel
+  convolution out, plus the full-resolution stem as a skip), and 32 channels enter the last 1 x 1 convolution.
+  0.18 M parameters, 15 GMAC a 512 x 512 slice (k = 21), about 40 times cheaper.
+"""
+
+
+class _ResidualBlock(nn.Module):
+    """conv3x3 -> ReLU -> conv3x3, plus the input (no normalisation), as in EDSR and the StructKPN code."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, groups=groups)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class StructKPN(nn.Module):
+    """
+    Kernel prediction network of StructKPN (Fig. 1): a CNN predicts one k x k kernel per pixel, the kernels are
+    normalised, and the INPUT image is filtered with them by the local convolution of Eq. 1
+    (:func:`bundle.layers.local_conv2d`, reflect padding).
+
+    Kernel predictor: full-resolution stem ``conv3x3 -> ReLU``; a ``conv3x3`` (stride ``downsample``) into
+    ``num_res_blocks`` residual blocks (``conv3x3 -> ReLU -> conv3x3`` + identity, no batch norm, ``block_groups``
+    groups); when ``downsample > 1`` a sub-pixel convolution (1 x 1 conv + ``PixelShuffle``) back to full
+    resolution, cropped to H x W and added to the stem features; then the head
+    ``conv1x1(features -> head_channels) -> ReLU -> conv1x1(head_channels -> k * k)`` gives k * k logits a pixel.
+    Any H, W works (both > k // 2, for the reflect padding).
+
+    Kernel normalisation: ``"softmax"`` over the k * k taps makes every output pixel a convex combination of its
+    neighbourhood, so a constant image is returned unchanged (mean HU kept on flat regions); ``"none"`` uses the
+    raw logits as kernels (an unconstrained linear filter a pixel; no mean preservation).
+
+    Initialisation: the last head convolution starts with zero weights and a bias of ``log(k * k - 1)`` on the
+    centre tap, 0 elsewhere, so the untrained network filters with ``0.5 * identity + 0.5 * (k x k mean)`` for
+    softmax kernels and with the identity for ``"none"``: a smoothing filter that still keeps half the detail.
+
+    Inference memory: in eval mode the backbone runs once on the whole image, then the head, the normalisation
+    and the local convolution run on bands of ``inference_band_rows`` output rows, so the (B, k * k, H, W) kernel
+    tensor (0.46 GB for a 512 x 512 slice with k = 21) is never formed; training uses the plain full-image path.
+
+    Args:
+        in_channels: image channels; every channel is filtered with the same kernels (1 for CT).
+        kernel_size: odd side k of the predicted kernels (the paper uses 21).
+        preset: ``"lite"`` (default) or ``"authors"``, see :data:`STRUCTKPN_PRESETS`; it sets ``features``,
+            ``num_res_blocks``, ``head_channels``, ``block_groups`` and ``downsample`` unless they are given.
+        features: channels of the stem and the residual trunk.
+        num_res_blocks: number of residual blocks.
+        head_channels: channels entering the last 1 x 1 convolution.
+        block_groups: groups of the 3 x 3 convolutions in the residual blocks (the "G2" of Fig. 1 is 2).
+        downsample: resolution factor of the residual trunk, 1 = full resolution.
+        kernel_norm: ``"softmax"`` or ``"none"``.
+        inference_band_rows: output rows per band in eval mode.
+
+    Example::
+
+        >>> net = StructKPN().eval()  # "lite", 21 x 21 kernels
+        >>> with torch.inference_mode():
+        ...     net(torch.rand(1, 1, 37, 53)).shape  # CT windowed to [0, 1]
+        torch.Size([1, 1, 37, 53])
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        kernel_size: int = 21,
+        preset: str = "lite",
+        features: int | None = None,
+        num_res_blocks: int | None = None,
+        head_channels: int | None = None,
+        block_groups: int | None = None,
+        downsample: int | None = None,
+        kernel_norm: str = "softmax",
+        inference_band_rows: int = 16,
+    ) -> None:
+        super().__init__()
+        if preset not in STRUCTKPN_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(STRUCTKPN_PRESETS)}, got {preset!r}.")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}.")
+        if kernel_norm not in ("softmax", "none"):
+            raise ValueError(f"kernel_norm must be 'softmax' or 'none', got {kernel_norm!r}.")
+        if inference_band_rows < 1:
+            raise ValueError(f"inference_band_rows must be positive, got {inference_band_rows}.")
+        given = {
+            "features": features,
+            "num_res_blocks": num_res_blocks,
+            "head_channels": head_channels,
+            "block_groups": block_groups,
+            "downsample": downsample,
+        }
+        settings = {
+            name: value if value is not None else STRUCTKPN_PRESETS[preset][name] for name, value in given.items()
+        }
+        if settings["downsample"] < 1:
+            raise ValueError(f"downsample must be >= 1, got {settings['downsample']}.")
+        self.kernel_size = kernel_size
+        self.kernel_norm = kernel_norm
+        self.inference_band_rows = inference_band_rows
+        self.features = settings["features"]
+        self.num_res_blocks = settings["num_res_blocks"]
+        self.head_channels = settings["head_channels"]
+        self.block_groups = settings["block_groups"]
+        self.downsample = settings["downsample"]
+
+        width, factor = self.features, self.downsample
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU())
+        # kernel max(3, 2 * factor - 1) with "same" padding covers every pixel and gives ceil(H / factor) rows
+        encode_size = max(3, 2 * factor - 1)
+        self.encode = nn.Conv2d(width, width, encode_size, stride=factor, padding=encode_size // 2)
+        self.trunk = nn.Sequential(*[_ResidualBlock(width, self.block_groups) for _ in range(self.num_res_blocks)])
+        self.decode = (
+            nn.Sequential(nn.Conv2d(width, width * factor * factor, 1), nn.PixelShuffle(factor))
+            if factor > 1
+            else nn.Identity()
+        )
+        self.head = nn.Sequential(
+            nn.Conv2d(width, self.head_channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(self.head_channels, kernel_size * kernel_size, 1),
+        )
+        last = self.head[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        if kernel_size > 1:
+            centre = kernel_size * kernel_size // 2
+            with torch.no_grad():
+                last.bias[centre] = 1.0 if kernel_norm == "none" else math.log(kernel_size * kernel_size - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoise (B, C, H, W) ``x`` (e.g. CT windowed to [0, 1]); returns (B, C, H, W) in the same units."""
+        padded = pad_for_local_conv(x, self.kernel_size, "reflect")
+        features = self._features(x)
+        height = x.shape[2]
+        band = self.inference_band_rows
+        if self.training or band >= height:
+            return local_conv2d_padded(padded, self._kernels(features))
+        bands: list[torch.Tensor] = []
+        halo = self.kernel_size - 1
+        for top in range(0, height, band):
+            bottom = min(top + band, height)
+            kernels = self._kernels(features[:, :, top:bottom])
+            bands.append(local_conv2d_padded(padded[:, :, top : bottom + halo], kernels))
+        return torch.cat(bands, dim=2)
+
+    @torch.jit.export
+    def predict_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Normalised kernels (B, k * k, H, W) that :meth:`forward` applies to (B, C, H, W) ``x``, for visualisation.
+
+        Tap ``(s + r) * k + t + r`` weights ``x[m - s, n - t]`` (Eq. 1), so ``kernels.view(B, k, k, H, W)``
+        flipped on both kernel axes is the stencil over the neighbourhood as it lies in the image (rows
+        ``m - r .. m + r`` top to bottom). Formed for the whole image: about 0.46 GB a 512 x 512 slice for k = 21.
+        """
+        return self._kernels(self._features(x))
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features (B, features, H, W) at full resolution."""
+        stem = self.stem(x)
+        # the residual trunk runs channels-last (faster convolutions on CPU); the rest stays planar (NCHW)
+        trunk = self.trunk(self.encode(stem).contiguous(memory_format=torch.channels_last)).contiguous()
+        features = self.decode(trunk)
+        if self.downsample > 1:
+            features = features[:, :, : x.shape[2], : x.shape[3]] + stem
+        return features
+
+    def _kernels(self, features: torch.Tensor) -> torch.Tensor:
+        """Head and normalisation: (B, features, h, W) -> (B, k * k, h, W)."""
+        logits = self.head(features)
+        if self.kernel_norm == "softmax":
+            return torch.softmax(logits, dim=1)
+        return logits

@@ -1,0 +1,169 @@
+"""StructKPN: shapes, banded inference, TorchScript, presets, initialisation and MONAI config instantiation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from scipy.ndimage import uniform_filter
+from torch import nn
+
+from bundle.layers import local_conv2d_unfold
+from bundle.networks import STRUCTKPN_PRESETS, StructKPN
+
+# torch 2.13 deprecates TorchScript, but MONAI's ckpt_export still scripts the network
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def _randomised(net: StructKPN) -> StructKPN:
+    """Give the zero-initialised last head convolution random weights, so kernels differ from pixel to pixel."""
+    nn.init.normal_(net.head[-1].weight, std=0.5)
+    return net
+
+
+@pytest.fixture(scope="module")
+def small_net() -> StructKPN:
+    return _randomised(StructKPN(kernel_size=7, features=8, num_res_blocks=2, head_channels=8, inference_band_rows=8))
+
+
+@pytest.mark.parametrize("downsample", [1, 2, 4])
+def test_odd_image_shape(downsample):
+    net = _randomised(StructKPN(kernel_size=5, features=8, num_res_blocks=1, head_channels=8, downsample=downsample))
+    x = torch.rand(2, 1, 37, 53)
+    assert net.train()(x).shape == (2, 1, 37, 53)
+    assert net.eval()(x).shape == (2, 1, 37, 53)
+    assert net.predict_kernels(x).shape == (2, 25, 37, 53)
+
+
+@pytest.mark.parametrize("network, shape", [("small", (2, 1, 37, 29)), ("default", (1, 1, 40, 33))])
+def test_band_path_equals_full_path(network, shape, small_net):
+    # small: k = 7, bands of 8, 8, 8, 8, 5 rows; default: "lite", k = 21, bands of 16, 16, 8 rows
+    net = small_net if network == "small" else _randomised(StructKPN())
+    x = torch.rand(shape)
+    full = net.train()(x)
+    with torch.no_grad():
+        banded = net.eval()(x)
+    assert (banded - full).abs().max() < 1e-6
+    assert (full - x).abs().max() > 1e-2  # the kernels really filter
+
+
+def test_forward_is_eq1_with_the_predicted_kernels(small_net):
+    x = torch.rand(1, 1, 20, 19)
+    with torch.no_grad():
+        kernels = small_net.eval().predict_kernels(x)
+        torch.testing.assert_close(small_net(x), local_conv2d_unfold(x, kernels), rtol=1e-5, atol=1e-6)
+    assert kernels.std(dim=(2, 3)).max() > 1e-3  # spatially variant kernels
+
+
+def test_torchscript_matches_eager(small_net):
+    scripted = torch.jit.script(small_net)
+    x = torch.rand(2, 1, 21, 18)
+    for training in (False, False, False, True, True):  # the profiling executor optimises after two runs
+        small_net.train(training)
+        scripted.train(training)
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), small_net(x), rtol=0, atol=0)
+    torch.testing.assert_close(scripted.predict_kernels(x), small_net.predict_kernels(x), rtol=0, atol=0)
+
+
+def test_default_network_is_scriptable():
+    net = StructKPN().eval()
+    scripted = torch.jit.script(net)
+    x = torch.rand(1, 1, 24, 23)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=0)
+
+
+def test_softmax_kernels_keep_a_constant_image(small_net):
+    with torch.no_grad():
+        out = small_net.eval()(torch.full((2, 1, 19, 22), 0.42))
+    assert (out - 0.42).abs().max() < 1e-6
+
+
+def test_untrained_softmax_network_is_half_identity_half_box_mean():
+    # last head conv: weight 0, bias log(k*k - 1) on the centre tap -> weights 1/2 (centre) and 1/(2 (k*k - 1))
+    net = StructKPN(kernel_size=5, features=8, num_res_blocks=1, head_channels=8).eval()
+    x = torch.rand(1, 1, 17, 14, dtype=torch.float64)
+    box_sum = 25 * uniform_filter(x[0, 0].numpy(), size=5, mode="mirror")
+    expected = 0.5 * x[0, 0].numpy() + (box_sum - x[0, 0].numpy()) / 48
+    with torch.no_grad():
+        out = net.double()(x)
+    np.testing.assert_allclose(out[0, 0].numpy(), expected, atol=1e-10)
+
+
+def test_untrained_none_network_is_identity():
+    net = StructKPN(kernel_size=5, features=8, num_res_blocks=1, head_channels=8, kernel_norm="none").eval()
+    x = torch.rand(1, 1, 17, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), x)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="odd"):
+        StructKPN(kernel_size=20)
+    with pytest.raises(ValueError, match="preset"):
+        StructKPN(preset="huge")
+    with pytest.raises(ValueError, match="kernel_norm"):
+        StructKPN(kernel_norm="sigmoid")
+    net = StructKPN(features=8, num_res_blocks=1, head_channels=8)
+    with pytest.raises(ValueError, match=r"\[1, 1, 8, 30\].*21 x 21.*> 10"):
+        net(torch.rand(1, 1, 8, 30))
+
+
+def _conv_shapes(module: nn.Module) -> list[tuple[int, int, int, int]]:
+    """(in, out, kernel, groups) of every convolution, in order."""
+    return [
+        (m.in_channels, m.out_channels, m.kernel_size[0], m.groups)
+        for m in module.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+
+
+def test_authors_preset_channels_and_forward():
+    net = StructKPN(preset="authors")
+    assert STRUCTKPN_PRESETS["authors"]["features"] == 96
+    convs = _conv_shapes(net)
+    assert convs[:2] == [(1, 96, 3, 1), (96, 96, 3, 1)]
+    assert convs[2:-2] == [(96, 96, 3, 2)] * 48  # 24 residual blocks of two grouped ("G2") 3 x 3 convolutions
+    assert convs[-2:] == [(96, 441, 1, 1), (441, 441, 1, 1)]
+    stem = (1 * 9 + 1) * 96 + (96 * 9 + 1) * 96
+    blocks = 48 * ((48 * 9 + 1) * 96)  # a group sees 48 of the 96 input channels
+    head = (96 + 1) * 441 + (441 + 1) * 441
+    assert sum(p.numel() for p in net.parameters()) == stem + blocks + head == 2_316_963
+    with torch.no_grad():
+        assert net.eval()(torch.rand(1, 1, 12, 11)).shape == (1, 1, 12, 11)
+
+
+def test_lite_preset_channels():
+    net = StructKPN()
+    convs = _conv_shapes(net)
+    assert convs[:2] == [(1, 32, 3, 1), (32, 32, 3, 1)]
+    assert net.encode.stride == (2, 2)
+    assert convs[2:-3] == [(32, 32, 3, 1)] * 16
+    assert convs[-3:] == [(32, 128, 1, 1), (32, 32, 1, 1), (32, 441, 1, 1)]  # sub-pixel conv x2, then the head
+
+
+def test_explicit_arguments_override_the_preset():
+    net = StructKPN(preset="authors", features=16, num_res_blocks=2, kernel_size=7)
+    assert (net.features, net.num_res_blocks, net.head_channels, net.block_groups, net.downsample) == (16, 2, 441, 2, 1)
+    assert _conv_shapes(net)[-1] == (441, 49, 1, 1)
+
+
+def test_monai_config_instantiation():
+    parser = ConfigParser(
+        {
+            "authors": {"_target_": "bundle.networks.StructKPN", "preset": "authors"},
+            "k15": {"_target_": "bundle.networks.StructKPN", "kernel_size": 15},
+        }
+    )
+    authors = parser.get_parsed_content("authors")
+    assert (authors.features, authors.num_res_blocks, authors.head_channels) == (96, 24, 441)
+    k15 = parser.get_parsed_content("k15")
+    assert (k15.kernel_size, k15.features) == (15, STRUCTKPN_PRESETS["lite"]["features"])
+    assert k15.head[-1].out_channels == 225
