@@ -280,3 +280,16 @@ def test_simulate_low_dose_cli_file_and_folder(normal_dose_folder, tmp_path, mon
         script.main(arguments + ["--num-views", "60"])
         assert expected in capsys.readouterr().out
     assert (tmp_path / "all" / "P3" / "series" / "1.dcm").exists()
+
+
+def test_metrics_by_dose_groups_slices_by_dose_folder(tmp_path):
+    spec = importlib.util.spec_from_file_location("metrics_by_dose", SCRIPT.with_name("metrics_by_dose.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "test_psnr_raw.csv").write_text(
+        "filename,class0,mean\n/d/ldct-0.1/a/1.dcm,20,20\n/d/ldct-0.1/a/2.dcm,22,22\n/d/ldct-0.5/a/1.dcm,30,30\n"
+    )
+    table = module.metrics_by_dose(tmp_path)
+    assert table["0.1"]["test_psnr"] == [20.0, 22.0] and table["0.5"]["test_psnr"] == [30.0]
+    markdown = module.main(["--eval-dir", str(tmp_path)])
+    assert "| 0.1 | 2 | 21 ± 1 |" in markdown and "| 0.5 | 1 | 30 ± 0 |" in markdown
