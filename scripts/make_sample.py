@@ -3,10 +3,11 @@
     python scripts/make_sample.py --source /work/shared/data/lung-pet-ct-dx --output sample_data
 
 Copies the selected slices of Lung-PET-CT-Dx (TCIA, CC BY 4.0; see docs/data_license.txt) to a temporary folder and
-runs prepare_dataset's simulation on it (dose fraction 0.25, seed 0), so ``output`` is laid out exactly as
-``scripts/prepare_dataset.py`` writes a dataset: ``ndct/<series>/``, ``ldct-0.25/<series>/`` and ``datalist.json``,
-whose training split is patient Lung_Dx-A0001 and whose validation and test splits are both patient Lung_Dx-A0002
-(two patients only: a demo, not an evaluation). Rerunning keeps the files already there (they would be identical).
+simulates them with ``bundle.simulation.paired.prepare_simulated_pairs`` (dose fraction 0.25, seed 0), so ``output``
+is laid out exactly as ``scripts/prepare_dataset.py`` writes a dataset: ``ndct/<series>/``, ``ldct-0.25/<series>/``
+and ``datalist.json``, whose training split is patient Lung_Dx-A0001 and whose validation and test splits are both
+patient Lung_Dx-A0002 (two patients only: a demo, not an evaluation). Rerunning keeps the files already there (they
+would be identical).
 
 Needs the ``bundle`` package importable (``pip install -e .`` or ``PYTHONPATH=.`` from the repository root).
 """
@@ -19,9 +20,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from prepare_dataset import prepare_simulated_pairs
-
 from bundle.io.datalist import build_datalist, write_datalist
+from bundle.simulation.paired import prepare_simulated_pairs
 
 SAMPLE_DOSE_FRACTION = 0.25
 SAMPLE_SEED = 0

@@ -25,13 +25,13 @@ import astra
 import matplotlib
 import numpy as np
 from PIL import Image
-from prepare_dataset import add_simulator_arguments, simulate_dicom_slice, simulator_from_arguments
 from scipy import ndimage
 from skimage.transform import iradon, radon
 
 from bundle.io.ct_dicom import read_ct_slice
 from bundle.io.layouts import find_dicom_series
 from bundle.simulation.low_dose import LowDoseSimulator
+from bundle.simulation.paired import add_simulator_arguments, simulate_dicom_slice, simulator_from_arguments
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)

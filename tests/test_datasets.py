@@ -1,5 +1,5 @@
-"""Tests of the derived-slice DICOM writer, datalists, paired layouts (Mayo, TCIA) and scripts/prepare_dataset.py,
-on tiny synthetic DICOM and NIfTI files written here."""
+"""Tests of the derived-slice DICOM writer, datalists, paired layouts (Mayo, TCIA), bundle.simulation.paired and the
+dataset scripts, on tiny synthetic DICOM and NIfTI files written here."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from bundle.io.datalist import build_datalist, split_patients, write_datalist
 from bundle.io.dicom_writer import hu_to_stored, stored_value_range, write_derived_slice
 from bundle.io.layouts import mayo_pairs, tcia_ldct_pairs
 from bundle.simulation.low_dose import LowDoseSimulator
+from bundle.simulation.paired import prepare_simulated_pairs, write_split_datalist
 from tests.dicom_factory import phantom_hu, write_ct_slice
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "prepare_dataset.py"
@@ -192,7 +193,7 @@ def test_tcia_layout_by_folder_name_and_description(tmp_path):
         tcia_ldct_pairs(study)
 
 
-# --- scripts/prepare_dataset.py -----------------------------------------------------------------------------------
+# --- bundle.simulation.paired and scripts/prepare_dataset.py --------------------------------------------------------
 
 
 @pytest.fixture
@@ -217,11 +218,9 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
 def test_prepare_dataset_simulates_pairs_and_resumes(normal_dose_folder, tmp_path):
     output = tmp_path / "output"
     simulator = LowDoseSimulator(num_views=60)
-    entries = prepare_dataset.prepare_simulated_pairs(
-        normal_dose_folder, output, (0.25, 0.1), seed=3, simulator=simulator
-    )
+    entries = prepare_simulated_pairs(normal_dose_folder, output, (0.25, 0.1), seed=3, simulator=simulator)
     assert len(entries) == (3 * 2 + 2) * 2
-    datalist_path = prepare_dataset.write_split_datalist(entries, output, val_patients=1, test_patients=1, seed=3)
+    datalist_path = write_split_datalist(entries, output, val_patients=1, test_patients=1, seed=3)
 
     datalist = json.loads(datalist_path.read_text())
     patients = {split: {e["patient"] for e in items} for split, items in datalist.items()}
@@ -262,8 +261,7 @@ def test_prepare_dataset_cli_for_mayo_layout(tmp_path):
     assert len(items) == 2 and all("quarter_3mm" in e["image"] and Path(e["image"]).exists() for e in items)
 
 
-def test_simulate_low_dose_cli_file_and_folder(normal_dose_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports its sibling prepare_dataset
+def test_simulate_low_dose_cli_file_and_folder(normal_dose_folder, tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("simulate_low_dose_script", SCRIPT.parent / "simulate_low_dose.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -1,4 +1,5 @@
-"""Projection-domain low-dose CT simulation (noise insertion from normal-dose slices, Yu et al. 2012)."""
+"""Projection-domain low-dose CT simulation (noise insertion from normal-dose slices, Yu et al. 2012) and simulated
+paired low-dose / normal-dose datasets."""
 
 from .low_dose import (
     MU_WATER_PER_MM,
@@ -10,14 +11,42 @@ from .low_dose import (
     out_of_field_mask,
     simulate_low_dose,
 )
+from .paired import (
+    NDCT_FOLDER,
+    UID_ENTROPY_TAG,
+    add_simulator_arguments,
+    copy_atomically,
+    derivation_description,
+    ldct_folder,
+    prepare_dicom_series,
+    prepare_nifti_volume,
+    prepare_simulated_pairs,
+    simulate_dicom_slice,
+    simulator_from_arguments,
+    slice_rng,
+    write_split_datalist,
+)
 
 __all__ = [
     "MU_WATER_PER_MM",
     "RECONSTRUCTION_FILTERS",
+    "NDCT_FOLDER",
+    "UID_ENTROPY_TAG",
     "LowDoseSimulator",
     "SimulateLowDosed",
+    "add_simulator_arguments",
+    "copy_atomically",
+    "derivation_description",
     "hu_to_attenuation",
+    "ldct_folder",
     "log_domain_noise_std",
     "out_of_field_mask",
+    "prepare_dicom_series",
+    "prepare_nifti_volume",
+    "prepare_simulated_pairs",
+    "simulate_dicom_slice",
     "simulate_low_dose",
+    "simulator_from_arguments",
+    "slice_rng",
+    "write_split_datalist",
 ]
