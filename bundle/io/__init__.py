@@ -1,6 +1,15 @@
-from .ct_dicom import CTDicomReader, CTInputError, CTSlice, check_ct_dataset, padding_mask, read_ct_slice
+from .ct_dicom import (
+    SOURCE_FILES_KEY,
+    CTDicomReader,
+    CTInputError,
+    CTSlice,
+    check_ct_dataset,
+    padding_mask,
+    read_ct_slice,
+)
 from .nifti_writer import AtomicNibabelWriter
 from .paths import find_ct_inputs, require_checkpoint
+from .series_writer import OUTPUT_FORMATS, SaveCTSeriesd, derived_series_path
 from .datalist import SPLITS, build_datalist, split_patients, write_datalist
 from .dicom_writer import hu_to_stored, stored_value_range, write_dataset_atomically, write_derived_slice
 from .layouts import (

@@ -17,9 +17,19 @@ from monai.data import PydicomReader
 from monai.utils import ensure_tuple
 from pydicom.dataset import Dataset
 
-__all__ = ["CTInputError", "CTDicomReader", "check_ct_dataset", "padding_mask", "read_ct_slice", "CTSlice"]
+__all__ = [
+    "CTInputError",
+    "CTDicomReader",
+    "SOURCE_FILES_KEY",
+    "check_ct_dataset",
+    "padding_mask",
+    "read_ct_slice",
+    "CTSlice",
+]
 
 DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima")
+# Metadata key of the DICOM files behind a loaded volume, one per slice in the volume's last-axis order.
+SOURCE_FILES_KEY = "source_files"
 
 
 class CTInputError(ValueError):
@@ -78,7 +88,10 @@ class CTDicomReader(PydicomReader):
     On top of the base reader (which applies RescaleSlope/Intercept and returns float32 HU) it:
 
     - rejects files that are not CT, lack pixel data or lack the rescale tags (``require_rescale``);
-    - rejects a folder whose files mix series or geometries (SeriesInstanceUID, Rows/Columns,
+    - reads a folder, or a list of files of one series (as ``find_ct_inputs`` gives for a folder holding
+      several series), as one volume with slices sorted by InstanceNumber, and records the slices' files in
+      that order in the metadata (``SOURCE_FILES_KEY``), so outputs can be mapped back to their source files;
+    - rejects a series whose files mix series or geometries (SeriesInstanceUID, Rows/Columns,
       PixelSpacing, ImageOrientationPatient), naming the first file that differs;
     - replaces pixel padding (PixelPaddingValue, outside the field of view) by ``padding_hu`` so that
       windowing and the network see air (the DICOM writer restores the padding from the source file).
@@ -109,7 +122,7 @@ class CTDicomReader(PydicomReader):
         if not self.verify_suffix(data):
             raise ValueError(f"{data}: not DICOM, left to the other readers")
         try:
-            loaded = super().read(data, **kwargs)
+            loaded = self._read_file_list(data, **kwargs) or super().read(data, **kwargs)
         except Exception as e:  # pydicom raises many types for unreadable files
             name = data if isinstance(data, (str, os.PathLike)) else ensure_tuple(data)[0]
             return _ReadFailure(CTInputError(name, f"cannot read DICOM: {e}"))
@@ -124,10 +137,29 @@ class CTDicomReader(PydicomReader):
                     return _ReadFailure(e)
         return loaded
 
+    def _read_file_list(self, data, **kwargs) -> list[Dataset] | None:
+        """Read several files (no folder) as the slices of one series, as the base reader reads a folder."""
+        names = [str(name) for name in ensure_tuple(data)]
+        if len(names) < 2 or any(Path(name).is_dir() for name in names):
+            return None
+        self.filenames, self.has_series = [names], True
+        return [pydicom.dcmread(name, **{**self.kwargs, **kwargs}) for name in names]
+
     def get_data(self, data):
         if isinstance(data, _ReadFailure):
             raise data.error
-        return super().get_data(data)
+        array, meta = super().get_data(data)
+        if not self.has_series and len(self.filenames) == 1:  # one single-frame file
+            meta[SOURCE_FILES_KEY] = [str(name) for name in self.filenames]
+        return array, meta
+
+    def _combine_dicom_series(self, data: Sequence[Dataset], filenames: Sequence[str]) -> tuple[np.ndarray, dict]:
+        """The base class's volume (rows, columns, slices) and metadata, plus the slices' files in stacking order."""
+        array, meta = super()._combine_dicom_series(data, filenames)
+        # the base class's order: files with InstanceNumber, stably sorted by it
+        slices = [s for s in zip(data, filenames) if "InstanceNumber" in s[0]]
+        meta[SOURCE_FILES_KEY] = [str(name) for _, name in sorted(slices, key=lambda s: s[0].InstanceNumber)]
+        return array, meta
 
     def _get_array_data(self, img, filename):
         check_ct_dataset(img, filename, self.require_rescale)
