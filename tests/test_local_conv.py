@@ -78,14 +78,6 @@ def test_unfold_reference_matches_naive_formula():
     np.testing.assert_allclose(result.numpy(), naive_eq1(image, kernels), rtol=1e-12, atol=1e-12)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops: reflection_pad2d forks an OpenMP region a call, which stalls for ms on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
 def test_gradcheck_image_and_kernels(kernel_size, one_thread):

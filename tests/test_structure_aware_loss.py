@@ -145,14 +145,6 @@ def test_gradients_are_finite_and_match_finite_differences() -> None:
     np.testing.assert_allclose(difference.item() / (2 * step), (gradient * direction).sum().item(), rtol=2e-2)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: thread synchronisation would cost more than the arithmetic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_adam_steps_reduce_the_loss(one_thread: None) -> None:
     clean, noisy = chest_like_patch(40)

@@ -22,3 +22,4 @@ from .layouts import (
     tcia_dose_fraction,
     tcia_ldct_pairs,
 )
+from .atomic import atomic_output

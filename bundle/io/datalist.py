@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bundle.io.atomic import atomic_output
+
 __all__ = ["SPLITS", "split_patients", "build_datalist", "write_datalist"]
 
 #: The datalist's keys, in order.
@@ -95,11 +97,6 @@ def build_datalist(
 def write_datalist(datalist: Mapping[str, Sequence[Mapping]], path: os.PathLike | str) -> Path:
     """Write ``datalist`` as indented JSON, atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(datalist, indent=2) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path

@@ -16,6 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from bundle.io.atomic import atomic_output
 from bundle.io.ct_dicom import padding_mask
 
 __all__ = ["stored_value_range", "hu_to_stored", "write_derived_slice", "write_dataset_atomically"]
@@ -45,13 +46,8 @@ def hu_to_stored(ds: Dataset, hu: np.ndarray) -> np.ndarray:
 def write_dataset_atomically(ds: Dataset, path: os.PathLike | str) -> Path:
     """Save ``ds`` to ``path`` through a temporary file in the same folder, so ``path`` is complete or absent."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as temporary:
         ds.save_as(temporary, enforce_file_format=True)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 from pydicom.uid import generate_uid
 
+from bundle.io.atomic import atomic_output
 from bundle.io.ct_dicom import CTInputError, read_ct_slice
 from bundle.io.datalist import build_datalist, split_patients, write_datalist
 from bundle.io.dicom_writer import write_derived_slice
@@ -74,13 +75,8 @@ def derivation_description(simulator: LowDoseSimulator, dose_fraction: float, se
 
 def copy_atomically(source: Path, destination: Path) -> None:
     """Copy ``source`` to ``destination`` through a temporary file in the destination folder."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(destination) as temporary:
         shutil.copyfile(source, temporary)
-        os.replace(temporary, destination)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def simulate_dicom_slice(
@@ -140,15 +136,10 @@ def prepare_dicom_series(
 
 
 def _save_nifti_slice(data: np.ndarray, affine: np.ndarray, units: tuple[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = nib.Nifti1Image(data.astype(np.float32), affine)
     image.header.set_xyzt_units(*units)
-    temporary = path.with_name(f".{os.getpid()}.tmp.{path.name}")  # keeps the .nii(.gz) suffix nibabel needs
-    try:
+    with atomic_output(path) as temporary:
         nib.save(image, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def prepare_nifti_volume(
