@@ -22,9 +22,9 @@ python - "$work/paired/datalist.json" "$work/paired/datalist_a0001_train.json" <
 import json, sys
 entries = [e for split in json.load(open(sys.argv[1])).values() for e in split]
 datalist = {
-    "training": [e for e in entries if e["patient"] == "Lung_Dx-A0001"],
+    "training": [e for e in entries if e["patient"] == "Lung_Dx-A0001" and e["dose_fraction"] != 0.25],
     "validation": [e for e in entries if e["patient"] == "Lung_Dx-A0002" and e["dose_fraction"] == 0.2],
-    "test": [e for e in entries if e["patient"] == "Lung_Dx-A0002"],
+    "test": [e for e in entries if e["patient"] == "Lung_Dx-A0002" and e["dose_fraction"] != 0.25],
 }
 json.dump(datalist, open(sys.argv[2], "w"), indent=2)
 print({k: len(v) for k, v in datalist.items()})
