@@ -350,14 +350,17 @@ def kernel_figure(args: argparse.Namespace, weights: Path, selection: dict, path
     strength, coherence = gradient_statistics(label[None].double())[0].float().numpy()
     reference_hu = (label[0].numpy() * (high - low) + low).T  # MONAI arrays are (x, y): transpose for display
     strength, coherence = strength.T, coherence.T
-    margin = 32
-    inside = np.zeros_like(strength, dtype=bool)
-    inside[margin:-margin, margin:-margin] = True
-    soft_tissue = inside & (np.abs(reference_hu) < 100)
+    from scipy import ndimage
+
+    body = ndimage.binary_fill_holes(ndimage.binary_opening(reference_hu > -500, iterations=3))
+    components, count = ndimage.label(body)
+    body = components == (1 + np.argmax(ndimage.sum(body, components, range(1, count + 1))))
+    inner = ndimage.binary_erosion(body, iterations=16)
+    smoothed_hu = ndimage.uniform_filter(reference_hu, 15)
     points = {
-        "flat": np.where(soft_tissue, -strength, -np.inf),
-        "edge": np.where(inside & (strength > np.percentile(strength[inside], 90)), coherence, -np.inf),
-        "fine structure": np.where(inside & (coherence < np.median(coherence[inside])), strength, -np.inf),
+        "flat": np.where(inner & (np.abs(smoothed_hu - 50) < 50), -strength, -np.inf),
+        "edge": np.where(inner & (strength > np.percentile(strength[inner], 95)), coherence, -np.inf),
+        "fine structure": np.where(inner & (smoothed_hu < -500) & (coherence < np.median(coherence[inner])), strength, -np.inf),
     }
     points = {name: tuple(int(i) for i in np.unravel_index(np.argmax(score), score.shape)) for name, score in points.items()}
     k = network.kernel_size

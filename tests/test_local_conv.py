@@ -132,3 +132,19 @@ def test_module_validates_kernel_channels_and_is_scriptable():
         LocalConv2d(kernel_size=4)
     scripted = torch.jit.script(layer)
     torch.testing.assert_close(scripted(image, kernels), layer(image, kernels))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_hand_written_backward_matches_unfold_autograd(channels):
+    """The custom backward (batch 2, several channels, one input without gradient) equals autograd through unfold."""
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(2, channels, 20, 23, dtype=torch.float64, generator=generator)
+    kernels = torch.softmax(torch.randn(2, 25, 20, 23, dtype=torch.float64, generator=generator), 1)
+    weights = torch.randn(2, channels, 20, 23, dtype=torch.float64, generator=generator)
+    for needs in [(True, True), (True, False), (False, True)]:
+        x, k = image.clone().requires_grad_(needs[0]), kernels.clone().requires_grad_(needs[1])
+        inputs = [t for t in (x, k) if t.requires_grad]
+        ours = torch.autograd.grad((local_conv2d(x, k) * weights).sum(), inputs)
+        reference = torch.autograd.grad((local_conv2d_unfold(x, k) * weights).sum(), inputs)
+        for a, b in zip(ours, reference):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

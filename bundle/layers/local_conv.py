@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "PADDING_MODES",
@@ -57,8 +58,10 @@ def local_conv2d_padded(padded_image: torch.Tensor, kernels: torch.Tensor) -> to
     i.e. the tap order is the reverse of an ``F.unfold`` (im2col) patch.
 
     The k * k taps are accumulated one shifted view at a time, so the forward pass forms neither the
-    (B, C, k * k, H, W) patch tensor nor a product of that size; thanks to ``kernels.unbind(1)`` the backward pass
-    stacks the per-tap kernel gradients once (peak: twice the kernel tensor). TorchScript-compatible.
+    (B, C, k * k, H, W) patch tensor nor a product of that size. When a gradient is needed, a custom autograd
+    function writes the kernel gradient tap by tap into one tensor of the kernels' size and saves nothing but
+    its inputs, so training adds about one kernel tensor (the gradient itself) and a few (B, C, H, W) planes.
+    TorchScript-compatible (scripted code takes the tap loop and differentiates it with autograd).
 
     Args:
         padded_image: (B, C, H + 2r, W + 2r).
@@ -76,8 +79,17 @@ def local_conv2d_padded(padded_image: torch.Tensor, kernels: torch.Tensor) -> to
             f"padded image {list(padded_image.shape)} does not match kernels {list(kernels.shape)}: "
             f"expected {expected}."
         )
+    if not torch.jit.is_scripting() and torch.is_grad_enabled() and (padded_image.requires_grad or kernels.requires_grad):
+        return _local_conv2d_autograd(padded_image, kernels)
+    return _accumulate_taps(padded_image, kernels)
+
+
+def _accumulate_taps(padded_image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """The tap loop of :func:`local_conv2d_padded` (inputs already checked)."""
+    kernel_size = kernel_size_from_taps(kernels.shape[1])
+    height, width = kernels.shape[2], kernels.shape[3]
     taps = kernels.unsqueeze(2).unbind(1)
-    out = padded_image.new_zeros([batch, channels, height, width])
+    out = padded_image.new_zeros([padded_image.shape[0], padded_image.shape[1], height, width])
     for s_index in range(kernel_size):
         row = kernel_size - 1 - s_index
         for t_index in range(kernel_size):
@@ -85,6 +97,40 @@ def local_conv2d_padded(padded_image: torch.Tensor, kernels: torch.Tensor) -> to
             shifted = padded_image[:, :, row : row + height, col : col + width]
             out.addcmul_(shifted, taps[s_index * kernel_size + t_index])
     return out
+
+
+class _LocalConv2dFunction(torch.autograd.Function):
+    """Eq. 1 with a hand-written backward that never holds more than the kernel gradient and a few planes."""
+
+    @staticmethod
+    def forward(ctx, padded_image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(padded_image, kernels)
+        return _accumulate_taps(padded_image, kernels)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:  # type: ignore[override]
+        padded_image, kernels = ctx.saved_tensors
+        kernel_size = kernel_size_from_taps(kernels.shape[1])
+        height, width = kernels.shape[2], kernels.shape[3]
+        grad_image = torch.zeros_like(padded_image) if ctx.needs_input_grad[0] else None
+        grad_kernels = torch.empty_like(kernels) if ctx.needs_input_grad[1] else None
+        for s_index in range(kernel_size):
+            row = kernel_size - 1 - s_index
+            for t_index in range(kernel_size):
+                col = kernel_size - 1 - t_index
+                tap = s_index * kernel_size + t_index
+                if grad_image is not None:  # d out / d x: the same tap weights, scattered back to the shifted view
+                    grad_image[:, :, row : row + height, col : col + width].addcmul_(grad_output, kernels[:, tap : tap + 1])
+                if grad_kernels is not None:  # d out / d kernel tap: the shifted image, summed over channels
+                    shifted = padded_image[:, :, row : row + height, col : col + width]
+                    torch.sum(grad_output * shifted, dim=1, out=grad_kernels[:, tap])
+        return grad_image, grad_kernels
+
+
+@torch.jit.unused
+def _local_conv2d_autograd(padded_image: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    return _LocalConv2dFunction.apply(padded_image, kernels)
 
 
 def local_conv2d(image: torch.Tensor, kernels: torch.Tensor, padding_mode: str = "reflect") -> torch.Tensor:

@@ -1,0 +1,308 @@
+"""Speed and memory of StructKPN inference and training against the naive local convolution, BM3D and RED-CNN.
+
+    python scripts/benchmark_speed.py --report docs/performance.md
+
+Every case runs in its own process (so its peak memory is its own) and prints one JSON line; the table compares
+them with references measured in the same run:
+
+- ``local_conv_*``: the local convolution alone, forward and backward of one 512 x 512 image with k = 21, ours
+  (:func:`~bundle.layers.local_conv.local_conv2d`) and the naive unfold version; memory beyond the inputs and the
+  kernel tensor, as a multiple of the kernel tensor.
+- ``slice_*``: one real 512 x 512 CT slice from DICOM to denoised HU (read, HU, window, network, HU): median
+  seconds over ``--repeats`` after a warm-up, and peak resident memory beyond the imported libraries (model,
+  data, kernel prediction, local convolution and HU round trip included). Variants of the shipped model: eager
+  (the bundle's path), TorchScript (``models/model.ts``), bf16 autocast, ``torch.compile``, one thread; the
+  authors' preset and RED-CNN (random weights: their time does not depend on the weights); BM3D on the same slice.
+  Output differences are max |HU| against the eager path, PSNR in the paper's window against the normal-dose slice.
+- ``series_*``: the bundle's ``inference.json`` on a whole series (DICOM in, DICOM out), slices per second.
+- ``train_*``: training steps (forward, structure-aware loss, backward, Adam) at 64 x 64, batch 16, patches/s.
+
+Needs the ``bundle`` package importable; runs from the repository root. On a GPU the same cases run on CUDA when
+``--device cuda`` is given (BM3D and K-SVD stay on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+HU_WINDOW = (-1024.0, 3072.0)  # the bundle's input window (configs/*.json "hu_window")
+PAPER_WINDOW = (-160.0, 240.0)
+SLICE_VARIANTS = ("lite", "lite_torchscript", "lite_bf16", "lite_compile", "lite_1thread", "authors", "redcnn")
+CASES = (
+    "local_conv_naive",
+    "local_conv_ours",
+    *[f"slice_{v}" for v in SLICE_VARIANTS],
+    "slice_bm3d",
+    "series_lite",
+    "series_authors",
+    "train_lite",
+    "train_authors",
+)
+
+
+def _timed(function: Callable[[], object], repeats: int) -> tuple[list[float], object]:
+    """Run once to warm up, then ``repeats`` times; returns the timings in seconds and the last result."""
+    result = function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+    return times, result
+
+
+def _network(variant: str, device: torch.device) -> torch.nn.Module:
+    from bundle.networks import REDCNN, StructKPN
+
+    if variant == "authors":
+        return StructKPN(preset="authors").eval().to(device)
+    if variant == "redcnn":
+        return REDCNN().eval().to(device)
+    if variant == "lite_torchscript":
+        return torch.jit.load(str(REPO / "models/model.ts"), map_location=device).eval()
+    network = StructKPN()
+    network.load_state_dict(torch.load(REPO / "models/model.pt", map_location="cpu", weights_only=True))
+    network = network.eval().to(device)
+    if variant == "lite_compile":
+        return torch.compile(network)
+    return network
+
+
+def case_local_conv(naive: bool, args: argparse.Namespace) -> dict:
+    from bundle.layers.local_conv import local_conv2d, local_conv2d_unfold
+    from bundle.utils import PeakMemorySampler
+
+    device = torch.device(args.device)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 1, 512, 512, generator=generator).to(device).requires_grad_()
+    kernels = torch.softmax(torch.randn(1, 441, 512, 512, generator=generator), 1).to(device).requires_grad_()
+    function = local_conv2d_unfold if naive else local_conv2d
+
+    def step() -> None:
+        image.grad = kernels.grad = None
+        local_conv2d_sum = function(image, kernels).sum()
+        local_conv2d_sum.backward()
+
+    with PeakMemorySampler() as memory:
+        times, _ = _timed(step, args.repeats)
+    kernel_bytes = kernels.numel() * kernels.element_size()
+    return {"seconds": times, "peak_extra_mib": memory.extra / 2**20, "kernel_tensor_mib": kernel_bytes / 2**20}
+
+
+def case_slice(variant: str, args: argparse.Namespace) -> dict:
+    from bundle.io.ct_dicom import read_ct_slice
+    from bundle.utils import PeakMemorySampler
+
+    if variant == "lite_1thread":
+        torch.set_num_threads(1)
+    device = torch.device(args.device)
+    with PeakMemorySampler() as memory:  # baseline: the imported libraries only
+        network = None if variant == "bm3d" else _network(variant, device)
+
+        def denoise() -> np.ndarray:
+            hu = read_ct_slice(args.slice).hu
+            window = np.clip((hu - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]), 0.0, 1.0)
+            if variant == "bm3d":
+                from bundle.baselines.bm3d import bm3d_denoise
+
+                return bm3d_denoise(window) * (HU_WINDOW[1] - HU_WINDOW[0]) + HU_WINDOW[0]
+            image = torch.from_numpy(window.astype(np.float32))[None, None].to(device)
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=variant == "lite_bf16"):
+                output = network(image).float()
+            return output[0, 0].cpu().numpy() * (HU_WINDOW[1] - HU_WINDOW[0]) + HU_WINDOW[0]
+
+        compile_start = time.perf_counter()
+        denoise()  # warm-up (and compilation for torch.compile)
+        first_seconds = time.perf_counter() - compile_start
+        times, output = _timed(denoise, args.repeats)
+    np.save(args.scratch / f"slice_{variant}.npy", output.astype(np.float32))
+    return {"seconds": times, "first_seconds": first_seconds, "peak_extra_mib": memory.extra / 2**20}
+
+
+def case_series(variant: str, args: argparse.Namespace) -> dict:
+    from monai.bundle import ConfigWorkflow
+
+    from bundle.io.paths import find_ct_inputs
+
+    overrides = {"dataset_dir": str(args.series), "output_dir": str(args.scratch / f"series_{variant}")}
+    if variant == "authors":
+        from bundle.networks import StructKPN
+
+        weights = args.scratch / "authors_random.pt"
+        torch.save(StructKPN(preset="authors").state_dict(), weights)
+        overrides.update({"network_def#preset": "authors", "ckpt_path": str(weights)})
+    workflow = ConfigWorkflow(
+        config_file=str(REPO / "configs/inference.json"),
+        meta_file=str(REPO / "configs/metadata.json"),
+        workflow_type="infer",
+        bundle_root=str(REPO),
+        **overrides,
+    )
+    workflow.initialize()
+    slices = 0
+    for entry in find_ct_inputs(args.series):  # a series is a list of files or a folder of one series' files
+        files = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
+        slices += sum(len([f for f in Path(p).iterdir() if f.is_file()]) if Path(p).is_dir() else 1 for p in files)
+    start = time.perf_counter()
+    workflow.run()
+    seconds = time.perf_counter() - start
+    workflow.finalize()
+    return {"seconds": [seconds], "slices": slices, "slices_per_second": slices / seconds}
+
+
+def case_train(variant: str, args: argparse.Namespace) -> dict:
+    from bundle.losses import StructureAwareLoss
+    from bundle.networks import StructKPN
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    network = StructKPN(preset=variant).to(device).train()
+    optimizer = torch.optim.Adam(network.parameters(), 2e-4)
+    loss = StructureAwareLoss()
+    image, target = torch.rand(16, 1, 64, 64, device=device), torch.rand(16, 3, 64, 64, device=device)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        loss(network(image), target).backward()
+        optimizer.step()
+
+    times, _ = _timed(step, args.repeats)
+    return {"seconds": times, "patches_per_second": 16 / float(np.median(times))}
+
+
+def run_case(name: str, args: argparse.Namespace) -> dict:
+    kind, _, variant = name.partition("_")
+    if name.startswith("local_conv"):
+        return case_local_conv(name.endswith("naive"), args)
+    return {"slice": case_slice, "series": case_series, "train": case_train}[kind](variant, args)
+
+
+def psnr(hu: np.ndarray, reference: np.ndarray) -> float:
+    low, high = PAPER_WINDOW
+    a, b = (np.clip((x - low) / (high - low), 0, 1) for x in (hu, reference))
+    return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
+
+
+def table(results: dict[str, dict], args: argparse.Namespace) -> str:
+    median = {name: float(np.median(r["seconds"])) for name, r in results.items() if "seconds" in r}
+    lines = ["| case | median s | ratio | peak extra MiB | notes |", "|---|---|---|---|---|"]
+
+    def row(name: str, ratio: str, notes: str = "") -> None:
+        if name not in results:
+            return
+        r = results[name]
+        if "error" in r:
+            lines.append(f"| {name} | - | - | - | failed: {r['error']} |")
+            return
+        peak = f"{r['peak_extra_mib']:.0f}" if "peak_extra_mib" in r else "-"
+        lines.append(f"| {name} | {median[name]:.3f} | {ratio} | {peak} | {notes} |")
+
+    naive = median.get("local_conv_naive")
+    for name in ("local_conv_naive", "local_conv_ours"):
+        if name in results and "error" not in results[name]:
+            r = results[name]
+            ratio = f"{median[name] / naive:.2f}x naive time" if naive else "-"
+            row(name, ratio, f"peak = {r['peak_extra_mib'] / r['kernel_tensor_mib']:.2f}x the {r['kernel_tensor_mib']:.0f} MiB kernel tensor")
+    reference = args.scratch / "slice_lite.npy"
+    truth = None
+    if args.reference_slice:
+        from bundle.io.ct_dicom import read_ct_slice
+
+        truth = read_ct_slice(args.reference_slice).hu
+    for variant in (*SLICE_VARIANTS, "bm3d"):
+        name = f"slice_{variant}"
+        if name not in median:
+            row(name, "-")
+            continue
+        ratios = []
+        for peer in ("bm3d", "redcnn"):
+            if f"slice_{peer}" in median and peer != variant:
+                ratios.append(f"{median[f'slice_{peer}'] / median[name]:.1f}x faster than {peer}")
+        notes = []
+        output_path = args.scratch / f"{name}.npy"
+        if variant != "lite" and variant not in ("authors", "redcnn") and reference.exists() and output_path.exists():
+            difference = np.abs(np.load(output_path) - np.load(reference)).max()
+            notes.append(f"max abs diff vs eager {difference:.3g} HU")
+        if truth is not None and output_path.exists() and variant not in ("authors", "redcnn"):
+            notes.append(f"PSNR {psnr(np.load(output_path), truth):.3f} dB")
+        if variant == "lite_compile":
+            notes.append(f"first call {results[name]['first_seconds']:.0f} s")
+        if variant in ("authors", "redcnn"):
+            notes.append("random weights")
+        row(name, "; ".join(ratios) or "-", "; ".join(notes))
+    for name in ("series_lite", "series_authors"):
+        if name in results and "error" not in results[name]:
+            r = results[name]
+            row(name, "-", f"{r['slices']} slices, {r['slices_per_second']:.2f} slices/s (DICOM in and out)")
+    for name in ("train_lite", "train_authors"):
+        if name in results and "error" not in results[name]:
+            row(name, "-", f"{results[name]['patches_per_second']:.1f} patches/s (64x64, batch 16)")
+    return "\n".join(lines) + "\n"
+
+
+def git_commit() -> str:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    return commit + (" (with uncommitted changes)" if dirty else "")
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slice", type=Path, default=REPO / "sample_data/ldct-0.25/A0002-siemens-B40f/1-04.dcm")
+    parser.add_argument("--reference_slice", type=Path, default=REPO / "sample_data/ndct/A0002-siemens-B40f/1-04.dcm")
+    parser.add_argument("--series", type=Path, default=REPO / "sample_data/ldct-0.25/A0002-siemens-B40f")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--report", type=Path, help="also write the table, command and commit to this Markdown file")
+    parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case(args.case, args)))
+        return ""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        args.scratch = Path(scratch)
+        for name in args.cases:
+            command = [sys.executable, str(Path(__file__).resolve()), *argv, "--case", name, "--scratch", scratch]
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+            if done.returncode == 0:
+                results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            else:
+                results[name] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:200]}
+            print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+        markdown = table(results, args)
+    print(markdown, end="")
+    if args.report:
+        header = (
+            f"Output of `{shlex.join(['python', 'scripts/benchmark_speed.py', *argv])}` at commit `{git_commit()}` "
+            f"on {datetime.date.today()} ({platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, device {args.device}).\n\n"
+        )
+        temporary = args.report.with_suffix(".tmp")
+        temporary.write_text(header + markdown)
+        temporary.replace(args.report)
+    return markdown
+
+
+if __name__ == "__main__":
+    main()
