@@ -292,6 +292,22 @@ def markdown_table(summaries: list[dict], records: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def verdict(summaries: dict[str, dict]) -> list[str]:
+    """Plain sentences: does each StructKPN beat BM3D and RED-CNN on PSNR and SSIM (paper window), by how much."""
+    lines = []
+    for ours in [m for m in summaries if m.startswith("structkpn") and m in ("structkpn", "structkpn_shipped")]:
+        for peer in ("bm3d", "redcnn"):
+            if peer not in summaries:
+                continue
+            d_psnr = summaries[ours]["psnr_paper"] - summaries[peer]["psnr_paper"]
+            d_ssim = summaries[ours]["ssim_paper"] - summaries[peer]["ssim_paper"]
+            word = "beats" if d_psnr > 0 and d_ssim > 0 else "does not beat"
+            lines.append(
+                f"- `{ours}` {word} `{peer}` in the paper's window: PSNR {d_psnr:+.2f} dB, SSIM {d_ssim:+.4f}."
+            )
+    return [*lines, ""] if lines else []
+
+
 def zoom_box(reference_hu: np.ndarray, size: int) -> tuple[int, int]:
     """Top-left corner of the ``size`` square with the most fine structure (gradient energy in the paper window)."""
     from scipy import ndimage
@@ -473,6 +489,7 @@ def write_report(args: argparse.Namespace, methods: list[str], selection: dict, 
         "",
         *[f"- `{m}`: {results[m]['description']}" for m in main_methods],
         "",
+        *verdict(summaries),
     ]
     for ablation in args.ablations:
         members = [m for m in ABLATIONS[ablation] if m in summaries]
@@ -503,7 +520,9 @@ def write_report(args: argparse.Namespace, methods: list[str], selection: dict, 
     if len(selection["doses"]) > 1 and dose_methods:
         rows = dose_figure(results, dose_methods, figures / "psnr_vs_dose.png")
         text += ["## PSNR (paper window) against dose", "", *rows, "", f"![PSNR against dose]({relative}/psnr_vs_dose.png)", ""]
-    text += [f"Per-method figures: `{relative}/benchmark.csv`; per-slice results in `{args.output_dir}/results`."]
+    text += [f"Per-method figures: `{relative}/benchmark.csv`; per-slice results in `{args.output_dir}/results`.", ""]
+    if args.notes:
+        text += [args.notes.read_text()]
     temporary = args.report.with_suffix(".tmp")
     temporary.write_text("\n".join(text) + "\n")
     temporary.replace(args.report)
@@ -529,6 +548,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--patches_per_slice", type=int, default=8)
     parser.add_argument("--patch_size", type=int, nargs=2, default=(64, 64))
     parser.add_argument("--learning_rate", type=float, default=2e-4)
+    parser.add_argument("--notes", type=Path, help="Markdown appended to the report (what was tried, caveats)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker_weights", type=Path, help=argparse.SUPPRESS)

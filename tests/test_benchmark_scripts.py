@@ -1,0 +1,104 @@
+"""The benchmark, speed and generalisation scripts, run small on the embedded sample, and the fast inference paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bundle.io import read_ct_slice
+from bundle.networks import StructKPN
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data"
+sys.path.insert(0, str(REPO / "scripts"))
+
+import evaluate_generalisation  # noqa: E402
+
+
+def paper_window_psnr(hu: np.ndarray, reference_hu: np.ndarray) -> float:
+    """Independent PSNR: both images windowed to [-160, 240] HU -> [0, 1], data range 1."""
+    a, b = (np.clip((x - (-160.0)) / 400.0, 0.0, 1.0) for x in (hu, reference_hu))
+    return float(10.0 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def test_benchmark_trains_evaluates_and_reports(tmp_path):
+    """One-epoch StructKPN and the low-dose input on one test slice: tables, CSV, figures, resumable."""
+    output, report = tmp_path / "bench", tmp_path / "report" / "benchmark.md"
+    command = [
+        sys.executable, "scripts/benchmark.py", "--datalist", str(SAMPLE / "datalist.json"), "--output_dir",
+        str(output), "--report", str(report), "--methods", "ldct", "structkpn", "--epochs", "1",
+        "--max_test_slices", "1", "--dose_methods", "ldct",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    selection = json.loads((output / "test_selection.json").read_text())
+    (entry,) = selection["entries"]
+    ldct = read_ct_slice(SAMPLE / entry["image"]).hu.clip(-1024, 3072)
+    ndct = read_ct_slice(SAMPLE / entry["label"]).hu.clip(-1024, 3072)
+    expected = paper_window_psnr(ldct, ndct)
+
+    rows = {row["method"]: row for row in csv.DictReader(open(report.with_suffix("") / "benchmark.csv"))}
+    assert set(rows) == {"ldct", "structkpn"}
+    assert float(rows["ldct"]["psnr_paper"]) == pytest.approx(expected, abs=1e-3)
+    assert 0.0 < float(rows["structkpn"]["ssim_paper"]) <= 1.0
+    record = json.loads((output / "runs/structkpn/done.json").read_text())
+    assert record["patches"] == 1 * len(json.loads((SAMPLE / "datalist.json").read_text())["training"]) * 8
+    text = report.read_text()
+    assert text.index("| ldct |") < text.index("| structkpn |")  # the low-dose input is the first row
+    for figure in ("comparison.png", "loss_components.png", "kernels.png"):
+        assert (report.with_suffix("") / figure).stat().st_size > 1000
+
+    # rerunning trains and evaluates nothing again
+    before = (output / "results/structkpn.json").stat().st_mtime_ns
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[train]" not in again.stdout and "[evaluate]" not in again.stdout
+    assert (output / "results/structkpn.json").stat().st_mtime_ns == before
+
+
+def test_speed_benchmark_prints_local_convolution_ratios(tmp_path):
+    report = tmp_path / "performance.md"
+    command = [sys.executable, "scripts/benchmark_speed.py", "--cases", "local_conv_naive", "local_conv_ours"]
+    done = subprocess.run([*command, "--repeats", "1", "--report", str(report)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| local_conv")]
+    assert len(rows) == 2
+    assert "the 441 MiB kernel tensor" in rows[1]  # 441 * 512 * 512 float32 = 441 MiB, closed form
+    assert "x naive time" in rows[1]
+    assert report.read_text().startswith("Output of `python scripts/benchmark_speed.py")
+
+
+def test_fast_inference_paths_equal_the_reference_path_in_hu():
+    """Shipped model on a real slice: banded eager and TorchScript equal the whole-slice kernels path (Eq. 1)."""
+    ldct = read_ct_slice(SAMPLE / "ldct-0.25/A0002-siemens-B40f/1-04.dcm").hu
+    image = torch.from_numpy(((ldct.clip(-1024, 3072) + 1024) / 4096).astype(np.float32))[None, None]
+    network = StructKPN()
+    network.load_state_dict(torch.load(REPO / "models/model.pt", map_location="cpu", weights_only=True))
+    network.eval()
+    scripted = torch.jit.load(str(REPO / "models/model.ts"), map_location="cpu").eval()
+    with torch.inference_mode():
+        from bundle.layers import local_conv2d
+
+        reference = local_conv2d(image, network.predict_kernels(image))  # all k * k kernels formed at once
+        banded, script_output = network(image), scripted(image)
+    for fast in (banded, script_output):
+        assert float((fast - reference).abs().max()) * 4096 < 0.01  # HU
+
+
+def test_generalisation_phantoms():
+    """The phantoms are what their docstrings say; one evaluation row has the metrics of input and output."""
+    phantom, uniform = evaluate_generalisation.chest_phantom_hu(128)
+    assert phantom.shape == (128, 128) and phantom[uniform].std() == 0 and phantom[uniform].mean() == 40.0
+    assert {-1000.0, -850.0, 40.0, 700.0, 1000.0} <= set(np.unique(phantom).tolist())
+    shepp = evaluate_generalisation.shepp_logan_hu(128)
+    assert shepp.min() == -1000.0 and shepp.max() == 1500.0
+    row = evaluate_generalisation.scores(phantom, phantom)
+    assert row["ssim_paper"] == pytest.approx(1.0) and np.isinf(row["psnr_paper"])
