@@ -1,0 +1,3 @@
+from .denoise import DEFAULT_MODEL_NAME, StructKPNDenoise
+
+__all__ = ["DEFAULT_MODEL_NAME", "StructKPNDenoise"]
