@@ -46,10 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bundle.utils import PAPER_WINDOW_HU, git_commit, windowed_quality
+
 REPO = Path(__file__).resolve().parents[1]
-PAPER_WINDOW_HU = (-160.0, 240.0)
-CHEST_WINDOW_HU = (-600.0 - 750.0, -600.0 + 750.0)  # centre -600, width 1500
-WINDOWS = {"paper": PAPER_WINDOW_HU, "chest": CHEST_WINDOW_HU}
 
 
 @dataclass(frozen=True)
@@ -166,22 +165,6 @@ def train(method: Method, args: argparse.Namespace, run_dir: Path, train_count: 
 # -------------------------------------------------------------------------------------------------- evaluation
 
 
-def _windowed(hu: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
-    return ((hu - window[0]) / (window[1] - window[0])).clamp(0.0, 1.0)
-
-
-def slice_metrics(prediction_hu: torch.Tensor, reference_hu: torch.Tensor) -> dict[str, float]:
-    """PSNR (dB) and SSIM of (H, W) HU images in the paper's and the chest window, each mapped to [0, 1]."""
-    from monai.metrics import PSNRMetric, SSIMMetric
-
-    scores = {}
-    for name, window in WINDOWS.items():
-        y_pred, y = _windowed(prediction_hu, window)[None, None], _windowed(reference_hu, window)[None, None]
-        scores[f"psnr_{name}"] = float(PSNRMetric(max_val=1.0)(y_pred, y))
-        scores[f"ssim_{name}"] = float(SSIMMetric(spatial_dims=2, data_range=1.0)(y_pred, y))
-    return scores
-
-
 def evaluate(method: Method, args: argparse.Namespace, weights: Path | None, output: Path) -> None:
     """Worker: denoise the selected test slices with ``method`` and write ``output`` (JSON) and the figure slice."""
     from monai.transforms import Compose
@@ -231,7 +214,7 @@ def evaluate(method: Method, args: argparse.Namespace, weights: Path | None, out
             seconds = time.perf_counter() - start
             to_hu = lambda x: torch.as_tensor(x)[0].float() * (high - low) + low  # noqa: E731
             prediction_hu, reference_hu = to_hu(prediction), to_hu(data["label"])
-            rows.append({**entry, "seconds": seconds, **slice_metrics(prediction_hu, reference_hu)})
+            rows.append({**entry, "seconds": seconds, **windowed_quality(prediction_hu, reference_hu)})
             if entry["label"] == selection["figure_label"] and entry["dose_fraction"] == selection["dose"]:
                 np.save(output.with_suffix(".figure.npy"), prediction_hu.numpy())
             print(f"[{method.name}] {entry['image']}: {rows[-1]['psnr_paper']:.2f} dB, {seconds:.2f} s", flush=True)
@@ -441,15 +424,6 @@ def select_test_slices(args: argparse.Namespace) -> dict:
     }
 
 
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout
-        return commit + (" (with uncommitted changes)" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
-
-
 def write_report(args: argparse.Namespace, methods: list[str], selection: dict, records: dict, results: dict) -> None:
     figures = args.report.with_suffix("")
     figures.mkdir(parents=True, exist_ok=True)
@@ -472,7 +446,7 @@ def write_report(args: argparse.Namespace, methods: list[str], selection: dict, 
     text = [
         "# Benchmark",
         "",
-        f"Produced by `{args.command}` at commit `{git_commit()}` on {datetime.date.today()} "
+        f"Produced by `{args.command}` at commit `{git_commit(REPO)}` on {datetime.date.today()} "
         f"({platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads} threads, CPU).",
         "",
         f"- Test: {test_count} slices of the datalist's `{args.test_split}` split at dose fraction {selection['dose']:g} "
@@ -503,7 +477,7 @@ def write_report(args: argparse.Namespace, methods: list[str], selection: dict, 
     for m in main_methods:
         images[m] = np.load(figure_path / f"{m}.figure.npy").T  # MONAI (x, y) -> display (row, column)
     comparison_figure(images, figures / "comparison.png", zoom=max(images["reference"].shape[0] // 4, 32))
-    text += [f"## Figures", "", f"Slice `{selection['figure_label']}` at dose {selection['dose']:g}:", ""]
+    text += ["## Figures", "", f"Slice `{selection['figure_label']}` at dose {selection['dose']:g}:", ""]
     text += [f"![comparison]({relative}/comparison.png)", ""]
     subprocess.run(
         [sys.executable, "scripts/loss_component_map.py", "--dicom", str(args.datalist.parent / reference["label"]),
@@ -570,7 +544,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        method = METHODS.get(args.worker) or Method(args.worker, "learned", f"StructKPN lite, pretrained")
+        method = METHODS.get(args.worker) or Method(args.worker, "learned", "StructKPN lite, pretrained")
         evaluate(method, args, args.worker_weights, args.output_dir / "results" / f"{args.worker}.json")
         return
     if "bm3d" in args.methods:

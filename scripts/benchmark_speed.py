@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bundle.utils import git_commit, windowed_quality
+
 REPO = Path(__file__).resolve().parents[1]
 HU_WINDOW = (-1024.0, 3072.0)  # the bundle's input window (configs/*.json "hu_window")
-PAPER_WINDOW = (-160.0, 240.0)
 SLICE_VARIANTS = ("lite", "lite_torchscript", "lite_bf16", "lite_compile", "lite_1thread", "authors", "redcnn")
 CASES = (
     "local_conv_naive",
@@ -141,7 +142,8 @@ def case_series(variant: str, args: argparse.Namespace) -> dict:
 
     from bundle.io.paths import find_ct_inputs
 
-    overrides = {"dataset_dir": str(args.series), "output_dir": str(args.scratch / f"series_{variant}")}
+    series = args.authors_series if variant == "authors" and args.authors_series else args.series
+    overrides = {"dataset_dir": str(series), "output_dir": str(args.scratch / f"series_{variant}")}
     if variant == "authors":
         from bundle.networks import StructKPN
 
@@ -157,7 +159,7 @@ def case_series(variant: str, args: argparse.Namespace) -> dict:
     )
     workflow.initialize()
     slices = 0
-    for entry in find_ct_inputs(args.series):  # a series is a list of files or a folder of one series' files
+    for entry in find_ct_inputs(series):  # a series is a list of files or a folder of one series' files
         files = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
         slices += sum(len([f for f in Path(p).iterdir() if f.is_file()]) if Path(p).is_dir() else 1 for p in files)
     start = time.perf_counter()
@@ -192,12 +194,6 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     if name.startswith("local_conv"):
         return case_local_conv(name.endswith("naive"), args)
     return {"slice": case_slice, "series": case_series, "train": case_train}[kind](variant, args)
-
-
-def psnr(hu: np.ndarray, reference: np.ndarray) -> float:
-    low, high = PAPER_WINDOW
-    a, b = (np.clip((x - low) / (high - low), 0, 1) for x in (hu, reference))
-    return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
 
 
 def table(results: dict[str, dict], args: argparse.Namespace) -> str:
@@ -241,7 +237,7 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
             difference = np.abs(np.load(output_path) - np.load(reference)).max()
             notes.append(f"max abs diff vs eager {difference:.3g} HU")
         if truth is not None and output_path.exists() and variant not in ("authors", "redcnn"):
-            notes.append(f"PSNR {psnr(np.load(output_path), truth):.3f} dB")
+            notes.append(f"PSNR {windowed_quality(np.load(output_path), truth)['psnr_paper']:.3f} dB")
         if variant == "lite_compile":
             notes.append(f"first call {results[name]['first_seconds']:.0f} s")
         if variant in ("authors", "redcnn"):
@@ -257,23 +253,17 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def git_commit() -> str:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
-    return commit + (" (with uncommitted changes)" if dirty else "")
-
-
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slice", type=Path, default=REPO / "sample_data/ldct-0.25/A0002-siemens-B40f/1-04.dcm")
     parser.add_argument("--reference_slice", type=Path, default=REPO / "sample_data/ndct/A0002-siemens-B40f/1-04.dcm")
     parser.add_argument("--series", type=Path, default=REPO / "sample_data/ldct-0.25/A0002-siemens-B40f")
+    parser.add_argument("--authors_series", type=Path, help="a shorter series for series_authors (default: --series)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--report", type=Path, help="also write the table, command and commit to this Markdown file")
+    parser.add_argument("--notes", type=Path, help="Markdown appended to the report (what was tried, and why)")
     parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -296,12 +286,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     print(markdown, end="")
     if args.report:
         header = (
-            f"Output of `{shlex.join(['python', 'scripts/benchmark_speed.py', *argv])}` at commit `{git_commit()}` "
+            f"Output of `{shlex.join(['python', 'scripts/benchmark_speed.py', *argv])}` at commit `{git_commit(REPO)}` "
             f"on {datetime.date.today()} ({platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, device {args.device}).\n\n"
         )
         temporary = args.report.with_suffix(".tmp")
-        temporary.write_text(header + markdown)
+        notes = "\n" + args.notes.read_text() if args.notes else ""
+        temporary.write_text(header + markdown + notes)
         temporary.replace(args.report)
     return markdown
 

@@ -23,24 +23,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import shlex
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import PSNRMetric, SSIMMetric
 from skimage.data import shepp_logan_phantom
 from skimage.transform import resize
 
 from bundle.io.ct_dicom import read_ct_slice
 from bundle.networks import StructKPN
 from bundle.simulation import LowDoseSimulator
+from bundle.utils import git_commit, windowed_quality
 
 REPO = Path(__file__).resolve().parents[1]
 HU_WINDOW = (-1024.0, 3072.0)
-WINDOWS = {"paper": (-160.0, 240.0), "chest": (-1350.0, 150.0)}
 PIXEL_MM = 0.7
 
 
@@ -84,16 +82,6 @@ def chest_phantom_hu(size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     return hu, uniform
 
 
-def scores(prediction: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """PSNR and SSIM of (H, W) HU images in both windows, each mapped to [0, 1]."""
-    result = {}
-    for name, (low, high) in WINDOWS.items():
-        a, b = (torch.from_numpy(np.clip((x - low) / (high - low), 0, 1))[None, None].float() for x in (prediction, reference))
-        result[f"psnr_{name}"] = float(PSNRMetric(max_val=1.0)(a, b))
-        result[f"ssim_{name}"] = float(SSIMMetric(spatial_dims=2, data_range=1.0)(a, b))
-    return result
-
-
 def denoise(network: StructKPN, hu: np.ndarray) -> np.ndarray:
     """The bundle's path: HU -> window [-1024, 3072] to [0, 1] -> network -> HU."""
     low, high = HU_WINDOW
@@ -107,7 +95,7 @@ def evaluate_case(network, simulator, name, reference, dose, uniform, spacing, s
     output = denoise(network, low_dose)
     row = {"case": name, "dose": dose}
     for label, image in (("input", low_dose), ("output", output)):
-        for key, value in scores(image, reference).items():
+        for key, value in windowed_quality(image, reference).items():
             row[f"{label}_{key}"] = value
         if uniform is not None:
             row[f"{label}_noise_hu"] = float(image[uniform].std())
@@ -176,9 +164,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     table = markdown(rows)
     print(table)
     if args.report:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
         command = shlex.join(["python", "scripts/evaluate_generalisation.py", *(sys.argv[1:] if argv is None else argv)])
-        header = f"Output of `{command}` at commit `{commit}` on {datetime.date.today()}.\n\n"
+        header = f"Output of `{command}` at commit `{git_commit(REPO)}` on {datetime.date.today()}.\n\n"
         temporary = args.report.with_suffix(".tmp")
         temporary.write_text(header + table)
         temporary.replace(args.report)

@@ -14,6 +14,7 @@ import torch
 
 from bundle.io import read_ct_slice
 from bundle.networks import StructKPN
+from bundle.utils import windowed_quality
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
@@ -100,5 +101,5 @@ def test_generalisation_phantoms():
     assert {-1000.0, -850.0, 40.0, 700.0, 1000.0} <= set(np.unique(phantom).tolist())
     shepp = evaluate_generalisation.shepp_logan_hu(128)
     assert shepp.min() == -1000.0 and shepp.max() == 1500.0
-    row = evaluate_generalisation.scores(phantom, phantom)
+    row = windowed_quality(phantom, phantom)
     assert row["ssim_paper"] == pytest.approx(1.0) and np.isinf(row["psnr_paper"])
