@@ -4,8 +4,9 @@ import os
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
-from dicom_factory import phantom_hu, write_ct_series, write_ct_slice
+from dicom_factory import phantom_hu, write_ct_series, write_ct_slice, write_enhanced_ct
 from monai.transforms import LoadImaged
 
 from bundle.io import CTDicomReader, CTInputError, find_ct_inputs, read_ct_slice, require_checkpoint
@@ -37,6 +38,54 @@ def test_series_folder_loads_as_volume_and_padding_becomes_air(tmp_path):
     expected = np.round(volume[:, 3:, :]).transpose(2, 1, 0)
     np.testing.assert_allclose(img[0, :, 3:].numpy(), expected, atol=1e-4)
     assert read_ct_slice(tmp_path / "s" / "slice_001.dcm").padding[:3].all()
+
+
+def test_enhanced_ct_loads_as_the_same_volume_as_a_series(tmp_path):
+    volume = np.stack([np.round(phantom_hu(40, seed=i, noise_hu=5)) for i in range(3)])
+    volume[:, :3, :] = -3024.0  # padding, stored 0 in every frame
+    rescales = [(1.0, -3024.0), (0.5, -3024.0), (1.0, -3024.0)]  # each frame's own Pixel Value Transformation
+    write_enhanced_ct(tmp_path / "enhanced.dcm", volume, rescale=rescales, pixel_padding_value=0)
+    write_ct_series(tmp_path / "series", volume, rescale_intercept=-3024.0, pixel_padding_value=0)
+    enhanced, series = load(tmp_path / "enhanced.dcm"), load(tmp_path / "series")
+    assert enhanced.shape == series.shape == (1, 40, 40, 3)
+    np.testing.assert_allclose(enhanced.numpy(), series.numpy(), atol=1e-4)
+    np.testing.assert_allclose(enhanced.affine.numpy(), series.affine.numpy())
+    assert float(enhanced[0, :, :3].max()) == -1024.0  # padding replaced by air
+    assert enhanced.meta["source_files"] == [str(tmp_path / "enhanced.dcm")]
+
+
+def test_bad_enhanced_ct_is_rejected_with_file_and_frame(tmp_path):
+    path = tmp_path / "enhanced.dcm"
+    write_enhanced_ct(path, np.stack([phantom_hu(32)] * 3))
+    ds = pydicom.dcmread(path)
+    orientation = ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    del ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence
+    for index, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):  # frame 2 tilted
+        frame.PlaneOrientationSequence = pydicom.Sequence([pydicom.Dataset()])
+        frame.PlaneOrientationSequence[0].ImageOrientationPatient = (
+            [1.0, 0.0, 0.0, 0.0, 0.96592583, 0.25881905] if index == 1 else orientation[0].ImageOrientationPatient
+        )
+    ds.save_as(tmp_path / "tilted.dcm")
+    with pytest.raises(CTInputError, match=r"tilted\.dcm: frame 2 has ImageOrientationPatient"):
+        load(tmp_path / "tilted.dcm")
+
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
+    ds.save_as(tmp_path / "noposition.dcm")
+    with pytest.raises(CTInputError, match=r"noposition\.dcm: frame 3 has no valid ImagePositionPatient"):
+        load(tmp_path / "noposition.dcm")
+
+    ds = pydicom.dcmread(path)
+    del ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    ds.save_as(tmp_path / "norescale.dcm")
+    with pytest.raises(CTInputError, match=r"norescale\.dcm: frame 1 has no RescaleSlope/RescaleIntercept"):
+        load(tmp_path / "norescale.dcm")
+
+    series = pydicom.dcmread(path).SeriesInstanceUID
+    write_ct_slice(tmp_path / "single.dcm", phantom_hu(32), series_uid=series)
+    load_files = LoadImaged("image", reader=CTDicomReader())
+    with pytest.raises(CTInputError, match=r"enhanced\.dcm: multi-frame \(enhanced\) file in a series of 2 files"):
+        load_files({"image": [str(path), str(tmp_path / "single.dcm")]})
 
 
 def test_non_ct_is_rejected_with_file_name(tmp_path):

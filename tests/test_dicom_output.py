@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
+import highdicom as hd
 import itk
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import phantom_hu, write_ct_slice
+from dicom_factory import phantom_hu, write_ct_slice, write_enhanced_ct
 from monai.transforms import LoadImage
 from pydicom import config as pydicom_config
 from pydicom.pixels import get_encoder
@@ -69,7 +72,7 @@ def stored_hu(ds: pydicom.Dataset) -> np.ndarray:
 
 def check_valid(path: Path) -> None:
     """Every value must conform to its VR: pydicom's strict reading validates each element as it is decoded
-    (pydicom has no IOD-level validator; dciodvfy would need a download)."""
+    (pydicom has no IOD-level validator; ``test_outputs_pass_dciodvfy`` runs dicom3tools' when installed)."""
     with pydicom_config.strict_reading():
         for element in pydicom.dcmread(path).iterall():
             assert element.value is not None or element.VR != "SQ"
@@ -269,3 +272,118 @@ def test_long_description_is_shortened_and_inputs_are_never_overwritten(tmp_path
     with pytest.raises(ValueError, match="inputs are never overwritten"):
         in_place.write_series(volume, [str(tmp_path / "a.dcm")])
     assert tree_digest(tmp_path) == before
+
+
+def frames_hu(ds: pydicom.Dataset) -> np.ndarray:
+    """HU (F, rows, columns) of a multi-frame image, each frame with its own rescale, read by highdicom."""
+    image = hd.Image.from_dataset(ds, copy=False)
+    return np.stack([image.get_frame(k + 1, apply_modality_transform=True) for k in range(image.number_of_frames)])
+
+
+def write_enhanced(path: Path, frames: int = 3, **kwargs) -> Path:
+    """``frames`` noisy 64x64 phantom frames in one Enhanced CT file, padding in two corners when
+    ``pixel_padding_value`` is given."""
+    volume = np.stack([np.clip(np.round(phantom_hu(64, seed=k, noise_hu=20.0)), -1000, 3000) for k in range(frames)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_enhanced_ct(path, volume, z_positions=[0.0, 5.0, 12.5][:frames], **kwargs)
+    if "pixel_padding_value" in kwargs:
+        ds = pydicom.dcmread(path)
+        stored = ds.pixel_array.copy()
+        stored[:, :4, :4] = stored[:, -4:, -6:] = kwargs["pixel_padding_value"]
+        ds.PixelData = stored.tobytes()
+        ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "rescale,signed,padding",
+    [((1.0, -1024.0), False, 0), ([(1.0, -1024.0), (0.5, -1000.0), (1.0, -2048.0)], True, -32768)],
+    ids=["shared-rescale-unsigned", "per-frame-rescale-signed"],
+)
+def test_enhanced_ct_becomes_one_derived_enhanced_ct_file(tmp_path, identity_ckpt, rescale, signed, padding):
+    data, out = tmp_path / "data", tmp_path / "out"
+    source_path = write_enhanced(
+        data / "patient" / "enhanced.dcm", rescale=rescale, signed=signed, pixel_padding_value=padding
+    )
+    before = tree_digest(data)
+    run_inference(identity_ckpt, data, out)
+    assert tree_digest(data) == before, "inputs must never be modified"
+    output = out / "patient" / "enhanced.dcm"
+    assert sorted(out.rglob("*")) == [out / "patient", output], "one multi-frame file per multi-frame input"
+    check_valid(output)
+
+    src, derived = pydicom.dcmread(source_path), pydicom.dcmread(output)
+    assert derived.SOPClassUID == src.SOPClassUID == pydicom.uid.EnhancedCTImageStorage
+    assert derived.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert derived.SOPInstanceUID != src.SOPInstanceUID
+    (evidence,) = derived.SourceImageEvidenceSequence[0].ReferencedSeriesSequence
+    assert evidence.SeriesInstanceUID == src.SeriesInstanceUID
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert derived.file_meta.MediaStorageSOPInstanceUID == derived.SOPInstanceUID
+    assert derived.SeriesInstanceUID != src.SeriesInstanceUID
+    for tag in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID", "NumberOfFrames", "Rows"):
+        assert derived.get(tag) == src.get(tag), tag
+    assert derived.SeriesDescription == "(denoised by StructKPN)"
+    assert list(derived.ImageType) == ["DERIVED", "PRIMARY", *src.ImageType[2:]]
+    shared, src_shared = derived.SharedFunctionalGroupsSequence[0], src.SharedFunctionalGroupsSequence[0]
+    assert list(shared.CTImageFrameTypeSequence[0].FrameType[:2]) == ["DERIVED", "PRIMARY"]
+    for group in ("PlaneOrientationSequence", "PixelMeasuresSequence", "FrameAnatomySequence"):
+        assert shared[group] == src_shared[group], group
+    assert shared.get("PixelValueTransformationSequence") == src_shared.get("PixelValueTransformationSequence")
+    for index, (frame, src_frame) in enumerate(
+        zip(derived.PerFrameFunctionalGroupsSequence, src.PerFrameFunctionalGroupsSequence, strict=True)
+    ):
+        for group in ("PlanePositionSequence", "FrameContentSequence", "PixelValueTransformationSequence"):
+            assert frame.get(group) == src_frame.get(group), (index, group)
+        (derivation,) = frame.DerivationImageSequence
+        assert "StructKPN" in derivation.DerivationDescription
+        (reference,) = derivation.SourceImageSequence
+        assert (reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID) == (
+            src.SOPClassUID,
+            src.SOPInstanceUID,
+        )
+        assert reference.ReferencedFrameNumber == index + 1
+
+    # pass-through network: the same HU (highdicom applies each frame's rescale), padding kept in stored values
+    padding_mask = src.pixel_array == padding
+    assert padding_mask.any()
+    np.testing.assert_array_equal(derived.pixel_array[padding_mask], src.pixel_array[padding_mask])
+    expected, got = frames_hu(src), frames_hu(derived)
+    np.testing.assert_allclose(got[~padding_mask], expected[~padding_mask], atol=1.0)
+
+    # MONAI reads both as the same volume with the same affine
+    monai_in = LoadImage(reader=CTDicomReader(), image_only=True)(str(source_path))
+    monai_out = LoadImage(reader=CTDicomReader(), image_only=True)(str(output))
+    assert monai_out.shape == (64, 64, 3)
+    np.testing.assert_allclose(monai_out.numpy(), monai_in.numpy(), atol=1.0)
+    np.testing.assert_allclose(monai_out.affine.numpy(), monai_in.affine.numpy())
+
+    # ITK (GDCM) reads the same geometry and values (GDCM applies the first frame's rescale to all frames)
+    itk_in, itk_out = itk.imread(str(source_path)), itk.imread(str(output))
+    np.testing.assert_allclose(itk.array_from_image(itk_out), itk.array_from_image(itk_in), atol=1.0)
+    if isinstance(rescale[0], float):
+        np.testing.assert_allclose(itk.array_from_image(itk_out)[~padding_mask], expected[~padding_mask], atol=1.0)
+    for attribute in ("GetOrigin", "GetSpacing"):
+        np.testing.assert_allclose(np.asarray(getattr(itk_out, attribute)()), np.asarray(getattr(itk_in, attribute)()))
+
+
+def dciodvfy_messages(path: Path) -> list[str]:
+    """dciodvfy's (dicom3tools) Error and Warning lines for ``path``, DICOMDIR hints left out."""
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (result.stdout + result.stderr).splitlines()
+    return [line for line in lines if line.startswith(("Error", "Warning")) and "needed to build DICOMDIR" not in line]
+
+
+@pytest.mark.skipif(
+    shutil.which("dciodvfy") is None,
+    reason="dciodvfy not on PATH: install dicom3tools (apt-get install -y --no-install-recommends dicom3tools)",
+)
+def test_outputs_pass_dciodvfy(tmp_path, identity_ckpt):
+    data, out = tmp_path / "data", tmp_path / "out"
+    series = write_series(data / "ct", n=2, pixel_padding_value=0)
+    enhanced = write_enhanced(data / "enhanced" / "enhanced.dcm", rescale=[(1.0, -1024.0), (0.5, -1000.0)], frames=2)
+    run_inference(identity_ckpt, data, out)
+    for source in (series[0], enhanced):
+        assert dciodvfy_messages(source) == [], f"the factory's source {source.name} must be valid"
+        messages = dciodvfy_messages(out / source.relative_to(data))
+        assert [line for line in messages if line.startswith("Error")] == [], messages

@@ -25,10 +25,15 @@ __all__ = [
     "padding_mask",
     "read_ct_slice",
     "CTSlice",
+    "FrameGeometry",
+    "frame_geometry",
+    "frame_rescales",
+    "is_multiframe",
 ]
 
 DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima")
-# Metadata key of the DICOM files behind a loaded volume, one per slice in the volume's last-axis order.
+# Metadata key of the DICOM files behind a loaded volume, one per slice in the volume's last-axis order (a single
+# file for a volume read from one multi-frame file, one slice per frame).
 SOURCE_FILES_KEY = "source_files"
 
 
@@ -54,18 +59,93 @@ def check_ct_dataset(ds: Dataset, filename: os.PathLike | str, require_rescale: 
         raise CTInputError(filename, "no pixel data (is this an image?)")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise CTInputError(filename, f"SamplesPerPixel is {ds.SamplesPerPixel}: CT must be single-sample grayscale")
-    if require_rescale:
+    if require_rescale and is_multiframe(ds):
+        frame_rescales(ds, filename)
+    elif require_rescale:
         missing = [tag for tag in ("RescaleSlope", "RescaleIntercept") if tag not in ds]
-        if missing and not _has_functional_group_rescale(ds):
+        if missing:
             raise CTInputError(filename, f"missing {' and '.join(missing)}: cannot convert stored values to HU")
 
 
-def _has_functional_group_rescale(ds: Dataset) -> bool:
-    """Enhanced CT keeps the rescale in the shared functional groups (Pixel Value Transformation)."""
-    for group in ds.get("SharedFunctionalGroupsSequence", []):
-        if "PixelValueTransformationSequence" in group:
-            return True
-    return False
+def is_multiframe(ds: Dataset) -> bool:
+    """True for a multi-frame image (Enhanced CT: NumberOfFrames and functional groups), read as one volume."""
+    return "NumberOfFrames" in ds or "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _frame_functional_group(ds: Dataset, index: int, keyword: str) -> Dataset | None:
+    """Frame ``index``'s (0-based) item of the functional group macro ``keyword`` (e.g. "PlanePositionSequence"):
+    from its per-frame functional groups, else from the shared ones; None when neither holds it."""
+    for groups, item in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
+        sequence = ds.get(groups)
+        if sequence is not None and len(sequence) > item and sequence[item].get(keyword):
+            return sequence[item][keyword][0]
+    return None
+
+
+def frame_rescales(ds: Dataset, filename: os.PathLike | str, required: bool = True) -> list[tuple[float, float]]:
+    """(RescaleSlope, RescaleIntercept) of each frame of a multi-frame image, from its Pixel Value Transformation
+    functional group (per-frame, else shared), else from the top-level tags. A frame without one raises
+    :class:`CTInputError` naming the file and frame, or gets (1, 0) when not ``required``."""
+    top = (ds.get("RescaleSlope"), ds.get("RescaleIntercept"))
+    rescales = []
+    for index in range(int(ds.get("NumberOfFrames", 1))):
+        item = _frame_functional_group(ds, index, "PixelValueTransformationSequence")
+        slope, intercept = (item.get("RescaleSlope"), item.get("RescaleIntercept")) if item is not None else top
+        if (slope is None or intercept is None) and required:
+            raise CTInputError(
+                filename,
+                f"frame {index + 1} has no RescaleSlope/RescaleIntercept (Pixel Value Transformation Sequence): "
+                "cannot convert stored values to HU",
+            )
+        rescales.append((1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept)))
+    return rescales
+
+
+@dataclass
+class FrameGeometry:
+    """Geometry of a multi-frame image: one orientation (6,) and pixel spacing (2,) in mm, a position (F, 3) in mm
+    (patient coordinates, LPS) per frame."""
+
+    orientation: np.ndarray
+    spacing: np.ndarray
+    positions: np.ndarray
+
+
+def frame_geometry(ds: Dataset, filename: os.PathLike | str) -> FrameGeometry:
+    """Each frame's Plane Position, Plane Orientation and Pixel Measures functional groups (per-frame, else shared).
+
+    Raises :class:`CTInputError` naming the file and frame when a frame lacks one, or when frames differ in
+    orientation or pixel spacing (such a file is not one volume of parallel slices).
+    """
+    keywords = {
+        "PlaneOrientationSequence": ("ImageOrientationPatient", 6),
+        "PixelMeasuresSequence": ("PixelSpacing", 2),
+        "PlanePositionSequence": ("ImagePositionPatient", 3),
+    }
+    values: dict[str, list[np.ndarray]] = {tag: [] for tag, _ in keywords.values()}
+    for index in range(int(ds.get("NumberOfFrames", 1))):
+        for sequence, (tag, length) in keywords.items():
+            item = _frame_functional_group(ds, index, sequence)
+            value = np.asarray(item.get(tag, []) if item is not None else [], dtype=float).ravel()
+            if value.shape != (length,) or not np.all(np.isfinite(value)):
+                raise CTInputError(
+                    filename, f"frame {index + 1} has no valid {tag} ({sequence}): its geometry is unknown"
+                )
+            values[tag].append(value)
+    for tag in ("ImageOrientationPatient", "PixelSpacing"):
+        first = values[tag][0]
+        for index, value in enumerate(values[tag][1:], start=2):
+            if not np.allclose(value, first, atol=1e-4):
+                raise CTInputError(
+                    filename,
+                    f"frame {index} has {tag} {value.tolist()}, frame 1 {first.tolist()}: the frames are not one "
+                    "volume of parallel slices",
+                )
+    return FrameGeometry(
+        orientation=values["ImageOrientationPatient"][0],
+        spacing=values["PixelSpacing"][0],
+        positions=np.stack(values["ImagePositionPatient"]),
+    )
 
 
 def padding_mask(ds: Dataset, stored: np.ndarray) -> np.ndarray | None:
@@ -94,7 +174,11 @@ class CTDicomReader(PydicomReader):
     - rejects a series whose files mix series or geometries (SeriesInstanceUID, Rows/Columns,
       PixelSpacing, ImageOrientationPatient), naming the first file that differs;
     - replaces pixel padding (PixelPaddingValue, outside the field of view) by ``padding_hu`` so that
-      windowing and the network see air (the DICOM writer restores the padding from the source file).
+      windowing and the network see air (the DICOM writer restores the padding from the source file);
+    - reads a multi-frame (Enhanced CT) file as a volume (columns, rows, frames) in frame order, each frame
+      rescaled with its own Pixel Value Transformation, the affine from the frames' Plane Position/Orientation
+      and Pixel Measures functional groups (see :func:`frame_geometry`), and rejects a multi-frame file that
+      shares its series with other files.
 
     Example::
 
@@ -161,12 +245,26 @@ class CTDicomReader(PydicomReader):
         meta[SOURCE_FILES_KEY] = [str(name) for _, name in sorted(slices, key=lambda s: s[0].InstanceNumber)]
         return array, meta
 
+    def _get_meta_dict(self, img) -> dict:
+        """The base class's metadata; for a multi-frame image, with the frames' geometry in the tags from which the
+        base class builds a series' affine (first frame's position, last frame's position, orientation, spacing)."""
+        meta = super()._get_meta_dict(img)
+        if is_multiframe(img):
+            geometry = frame_geometry(img, img.filename)
+            meta["00200037"] = {"vr": "DS", "Value": geometry.orientation.tolist()}
+            meta["00200032"] = {"vr": "DS", "Value": geometry.positions[0].tolist()}
+            meta["00280030"] = {"vr": "DS", "Value": geometry.spacing.tolist()}
+            meta["lastImagePositionPatient"] = geometry.positions[-1]
+        return meta
+
     def _get_array_data(self, img, filename):
         check_ct_dataset(img, filename, self.require_rescale)
         try:
             stored = img.pixel_array
         except Exception as e:  # pydicom raises many types for broken or undecodable pixel data
             raise CTInputError(filename, f"cannot decode pixel data ({img.file_meta.TransferSyntaxUID.name}): {e}")
+        if is_multiframe(img):
+            return self._get_multiframe_data(img, stored, filename)
         hu = super()._get_array_data(img, filename)
         mask = padding_mask(img, stored)
         if mask is not None:
@@ -174,6 +272,20 @@ class CTDicomReader(PydicomReader):
         if not np.all(np.isfinite(hu)):
             raise CTInputError(filename, "pixel values are not finite after rescale")
         return hu
+
+    def _get_multiframe_data(self, img: Dataset, stored: np.ndarray, filename: str) -> np.ndarray:
+        """HU (rows, columns, frames) of a multi-frame image, each frame with its own rescale, padding as in
+        ``_get_array_data``; checks the frames' geometry, which ``_get_meta_dict`` reads next."""
+        frame_geometry(img, filename)
+        stored = stored.reshape(-1, int(img.Rows), int(img.Columns))  # (F, H, W), also for a single frame
+        slope, intercept = np.asarray(frame_rescales(img, filename, self.require_rescale), dtype=np.float32).T
+        hu = stored.astype(np.float32) * slope[:, None, None] + intercept[:, None, None]
+        mask = padding_mask(img, stored)
+        if mask is not None:
+            hu[mask] = np.float32(self.padding_hu)
+        if not np.all(np.isfinite(hu)):
+            raise CTInputError(filename, "pixel values are not finite after rescale")
+        return np.moveaxis(hu, 0, -1)
 
 
 @dataclass
@@ -185,6 +297,13 @@ class _ReadFailure:
 
 def _check_single_series(datasets: Sequence[Dataset], filenames: Sequence[str]) -> None:
     """Raise when a folder mixes series or geometries: each must be processed on its own."""
+    for ds, name in zip(datasets, filenames):
+        if is_multiframe(ds):
+            raise CTInputError(
+                name,
+                f"multi-frame (enhanced) file in a series of {len(datasets)} files: a multi-frame file is a volume "
+                "on its own; give it its own folder (or SeriesInstanceUID)",
+            )
     first, first_name = datasets[0], filenames[0]
     for ds, name in zip(datasets[1:], filenames[1:]):
         for tag in ("SeriesInstanceUID", "Rows", "Columns", "PixelSpacing", "ImageOrientationPatient"):
@@ -195,7 +314,8 @@ def _check_single_series(datasets: Sequence[Dataset], filenames: Sequence[str]) 
                 same = a == b
             if not same:
                 raise CTInputError(
-                    name, f"{tag} {b} differs from {a} in {first_name}: the folder mixes series; give one series a folder"
+                    name,
+                    f"{tag} {b} differs from {a} in {first_name}: the folder mixes series; give one series a folder",
                 )
 
 

@@ -14,8 +14,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from pydicom.uid import generate_uid
 
-from bundle.io.ct_dicom import SOURCE_FILES_KEY
-from bundle.io.dicom_writer import write_derived_slice
+from bundle.io.ct_dicom import SOURCE_FILES_KEY, is_multiframe
+from bundle.io.dicom_writer import write_derived_multiframe, write_derived_slice
 
 __all__ = ["OUTPUT_FORMATS", "SaveCTSeriesd", "derived_series_path"]
 
@@ -43,7 +43,9 @@ class SaveCTSeriesd(MapTransform):
     (columns first, as MONAI's DICOM readers give it) is transposed back to (rows, columns) and written with
     :func:`~bundle.io.write_derived_slice` next to the mirror of its source file: ``<output_dir>/<path of the
     source relative to data_root_dir>``, same file name, one new SeriesInstanceUID per volume, new
-    SOPInstanceUIDs, the source's geometry and padding. Any other volume (NIfTI input, or
+    SOPInstanceUIDs, the source's geometry and padding. A volume read from one multi-frame (Enhanced CT) file is
+    written as one derived multi-frame file, slice k as frame k, with
+    :func:`~bundle.io.dicom_writer.write_derived_multiframe` (same path mapping). Any other volume (NIfTI input, or
     ``output_format="nifti"``) is left to ``nifti_saver``, called on the data (e.g.
     ``SaveImaged(..., writer=AtomicNibabelWriter)``). Every file is written atomically; an output path equal to its
     source raises ValueError, so inputs are never overwritten.
@@ -85,12 +87,16 @@ class SaveCTSeriesd(MapTransform):
         return d
 
     def write_series(self, volume: torch.Tensor, sources: Sequence[str]) -> list[Path]:
-        """Write ``volume`` (1, X, Y, D) in HU as one derived series, slice k from ``sources[k]``; returns the paths."""
+        """Write ``volume`` (1, X, Y, D) in HU as one derived series, slice k from ``sources[k]``, or all D slices
+        as the frames of one multi-frame ``sources[0]``; returns the paths."""
         hu = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
-        if hu.ndim != 4 or hu.shape[0] != 1 or hu.shape[-1] != len(sources):
+        header = pydicom.dcmread(sources[0], stop_before_pixels=True)
+        multiframe = len(sources) == 1 and is_multiframe(header)
+        slices = int(header.get("NumberOfFrames", 1)) if multiframe else len(sources)
+        if hu.ndim != 4 or hu.shape[0] != 1 or hu.shape[-1] != slices:
             raise ValueError(
-                f"{sources[0]}: expected a volume (1, X, Y, {len(sources)}), one slice per source file, got shape "
-                f"{hu.shape}; multi-frame (enhanced) CT is not written as DICOM yet, use --output_format nifti"
+                f"{sources[0]}: expected a volume (1, X, Y, {slices}), one slice per source "
+                f"{'frame' if multiframe else 'file'}, got shape {hu.shape}"
             )
         series_uid = generate_uid()
         room = _LO_MAX - len(self.description_suffix) - 1
@@ -101,9 +107,15 @@ class SaveCTSeriesd(MapTransform):
             path = derived_series_path(source, self.output_dir, self.data_root_dir)
             if path.resolve() == Path(source).resolve():
                 raise ValueError(f"{source}: output_dir maps the output onto its input; inputs are never overwritten")
-            written.append(
-                write_derived_slice(
-                    ds, hu[0, :, :, index].T, path, series_uid, description, self.derivation_description
+            if multiframe:  # (X, Y, F) to frames (F, rows, columns)
+                frames = hu[0].transpose(2, 1, 0)
+                written.append(
+                    write_derived_multiframe(ds, frames, path, series_uid, description, self.derivation_description)
                 )
-            )
+            else:
+                written.append(
+                    write_derived_slice(
+                        ds, hu[0, :, :, index].T, path, series_uid, description, self.derivation_description
+                    )
+                )
         return written
