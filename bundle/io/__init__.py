@@ -3,7 +3,11 @@ from .ct_dicom import (
     CTDicomReader,
     CTInputError,
     CTSlice,
+    FrameGeometry,
     check_ct_dataset,
+    frame_geometry,
+    frame_rescales,
+    is_multiframe,
     padding_mask,
     read_ct_slice,
 )
@@ -11,7 +15,13 @@ from .nifti_writer import AtomicNibabelWriter
 from .paths import find_ct_inputs, require_checkpoint
 from .series_writer import OUTPUT_FORMATS, SaveCTSeriesd, derived_series_path
 from .datalist import SPLITS, build_datalist, split_patients, write_datalist
-from .dicom_writer import hu_to_stored, stored_value_range, write_dataset_atomically, write_derived_slice
+from .dicom_writer import (
+    hu_to_stored,
+    stored_value_range,
+    write_dataset_atomically,
+    write_derived_multiframe,
+    write_derived_slice,
+)
 from .layouts import (
     SliceHeader,
     find_dicom_series,
