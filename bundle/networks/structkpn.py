@@ -12,6 +12,12 @@ from bundle.layers.local_conv import local_conv2d_padded, pad_for_local_conv
 
 __all__ = ["STRUCTKPN_PRESETS", "StructKPN"]
 
+
+@torch.jit.unused
+def _plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a ``torch.Tensor`` (a MetaTensor without its metadata), sharing memory."""
+    return x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
+
 STRUCTKPN_PRESETS: dict[str, dict[str, int]] = {
     "lite": {"features": 32, "num_res_blocks": 8, "head_channels": 32, "block_groups": 1, "downsample": 2},
     "authors": {"features": 96, "num_res_blocks": 24, "head_channels": 441, "block_groups": 2, "downsample": 1},
@@ -154,7 +160,14 @@ class StructKPN(nn.Module):
                 last.bias[centre] = 1.0 if kernel_norm == "none" else math.log(kernel_size * kernel_size - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Denoise (B, C, H, W) ``x`` (e.g. CT windowed to [0, 1]); returns (B, C, H, W) in the same units."""
+        """Denoise (B, C, H, W) ``x`` (e.g. CT windowed to [0, 1]); returns (B, C, H, W) in the same units.
+
+        ``x`` is used as a plain contiguous tensor: a MetaTensor (every operation through its metadata handling)
+        or a strided view (a slice of a volume, as SliceInferer passes) makes inference about twice as slow.
+        """
+        if not torch.jit.is_scripting():
+            x = _plain_tensor(x)
+        x = x.contiguous()
         padded = pad_for_local_conv(x, self.kernel_size, "reflect")
         features = self._features(x)
         height = x.shape[2]
