@@ -11,7 +11,7 @@ them with references measured in the same run:
 - ``slice_*``: one real 512 x 512 CT slice from DICOM to denoised HU (read, HU, window, network, HU): median
   seconds over ``--repeats`` after a warm-up, and peak resident memory beyond the imported libraries (model,
   data, kernel prediction, local convolution and HU round trip included). Variants of the shipped model: eager
-  (the bundle's path), TorchScript (``models/model.ts``), bf16 autocast, ``torch.compile`` (backbone and head),
+  (the bundle's path), TorchScript (``models/model.ts``), ``inference_dtype="bfloat16"``, ``torch.compile`` (backbone and head),
   one thread; the
   authors' preset and RED-CNN (random weights: their time does not depend on the weights); BM3D on the same slice.
   Output differences are max |HU| against the eager path, PSNR in the paper's window against the normal-dose slice.
@@ -77,7 +77,7 @@ def _network(variant: str, device: torch.device) -> torch.nn.Module:
         return REDCNN().eval().to(device)
     if variant == "lite_torchscript":
         return torch.jit.load(str(REPO / "models/model.ts"), map_location=device).eval()
-    network = StructKPN()
+    network = StructKPN(inference_dtype="bfloat16" if variant == "lite_bf16" else "float32")
     network.load_state_dict(torch.load(REPO / "models/model.pt", map_location="cpu", weights_only=True))
     network = network.eval().to(device)
     if variant == "lite_compile":  # the convolutions; unrolling the 441-tap loop of every band would take minutes
@@ -125,8 +125,8 @@ def case_slice(variant: str, args: argparse.Namespace) -> dict:
 
                 return bm3d_denoise(window) * (HU_WINDOW[1] - HU_WINDOW[0]) + HU_WINDOW[0]
             image = torch.from_numpy(window.astype(np.float32))[None, None].to(device)
-            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=variant == "lite_bf16"):
-                output = network(image).float()
+            with torch.inference_mode():
+                output = network(image)
             return output[0, 0].cpu().numpy() * (HU_WINDOW[1] - HU_WINDOW[0]) + HU_WINDOW[0]
 
         compile_start = time.perf_counter()
