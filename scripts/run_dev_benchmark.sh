@@ -30,4 +30,4 @@ python scripts/benchmark.py --datalist "$work/paired/datalist_benchmark.json" --
     --report docs/benchmark.md --dose 0.25 --max_test_slices 10 --epochs "$epochs" \
     --methods ldct bm3d ksvd redcnn wavresnet structkpn --ablations loss kernel_size \
     --pretrained structkpn_shipped=models/model.pt \
-    --dose_methods ldct bm3d redcnn structkpn structkpn_shipped
+    --dose_methods ldct bm3d redcnn structkpn structkpn_shipped --notes docs/benchmark_notes.md
