@@ -28,6 +28,6 @@ print({k: len(v) for k, v in datalist.items()})
 PY
 python scripts/benchmark.py --datalist "$work/paired/datalist_benchmark.json" --output_dir "$work/benchmark" \
     --report docs/benchmark.md --dose 0.25 --max_test_slices 10 --epochs "$epochs" \
-    --methods ldct bm3d ksvd redcnn wavresnet structkpn --ablations loss kernel_size \
+    --methods ldct bm3d ksvd redcnn wavresnet structkpn --ablations loss kernel_size preset \
     --pretrained structkpn_shipped=models/model.pt \
     --dose_methods ldct bm3d redcnn structkpn structkpn_shipped --notes docs/benchmark_notes.md
