@@ -29,6 +29,15 @@ def paper_window_psnr(hu: np.ndarray, reference_hu: np.ndarray) -> float:
     return float(10.0 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
+def sample_slice_and_shipped_model() -> tuple[torch.Tensor, StructKPN]:
+    """A real low-dose sample slice windowed as the bundle does ([-1024, 3072] HU -> [0, 1]), and the shipped model."""
+    ldct = read_ct_slice(SAMPLE / "ldct-0.25/A0002-siemens-B40f/1-04.dcm").hu
+    image = torch.from_numpy(((ldct.clip(-1024, 3072) + 1024) / 4096).astype(np.float32))[None, None]
+    network = StructKPN()
+    network.load_state_dict(torch.load(REPO / "models/model.pt", map_location="cpu", weights_only=True))
+    return image, network.eval()
+
+
 def test_benchmark_trains_evaluates_and_reports(tmp_path):
     """One-epoch StructKPN and the low-dose input on one test slice: tables, CSV, figures, resumable."""
     output, report = tmp_path / "bench", tmp_path / "report" / "benchmark.md"
@@ -79,11 +88,7 @@ def test_speed_benchmark_prints_local_convolution_ratios(tmp_path):
 
 def test_fast_inference_paths_equal_the_reference_path_in_hu():
     """Shipped model on a real slice: banded eager and TorchScript equal the whole-slice kernels path (Eq. 1)."""
-    ldct = read_ct_slice(SAMPLE / "ldct-0.25/A0002-siemens-B40f/1-04.dcm").hu
-    image = torch.from_numpy(((ldct.clip(-1024, 3072) + 1024) / 4096).astype(np.float32))[None, None]
-    network = StructKPN()
-    network.load_state_dict(torch.load(REPO / "models/model.pt", map_location="cpu", weights_only=True))
-    network.eval()
+    image, network = sample_slice_and_shipped_model()
     scripted = torch.jit.load(str(REPO / "models/model.ts"), map_location="cpu").eval()
     with torch.inference_mode():
         from bundle.layers import local_conv2d
@@ -107,11 +112,7 @@ def test_generalisation_phantoms():
 
 def test_bfloat16_inference_stays_within_a_few_hu_of_float32():
     """The opt-in bf16 path on a real slice: mean |diff| under 1 HU, every pixel within 10 HU; output float32."""
-    ldct = read_ct_slice(SAMPLE / "ldct-0.25/A0002-siemens-B40f/1-04.dcm").hu
-    image = torch.from_numpy(((ldct.clip(-1024, 3072) + 1024) / 4096).astype(np.float32))[None, None]
-    network = StructKPN()
-    network.load_state_dict(torch.load(REPO / "models/model.pt", map_location="cpu", weights_only=True))
-    network.eval()
+    image, network = sample_slice_and_shipped_model()
     with torch.inference_mode():
         full = network(image)
         network.inference_dtype = "bfloat16"
