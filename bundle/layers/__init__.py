@@ -9,13 +9,3 @@ from .local_conv import (
     local_conv2d_unfold,
     pad_for_local_conv,
 )
-
-__all__ = [
-    "PADDING_MODES",
-    "LocalConv2d",
-    "kernel_size_from_taps",
-    "local_conv2d",
-    "local_conv2d_padded",
-    "local_conv2d_unfold",
-    "pad_for_local_conv",
-]
