@@ -11,10 +11,13 @@ them with references measured in the same run:
 - ``slice_*``: one real 512 x 512 CT slice from DICOM to denoised HU (read, HU, window, network, HU): median
   seconds over ``--repeats`` after a warm-up, and peak resident memory beyond the imported libraries (model,
   data, kernel prediction, local convolution and HU round trip included). Variants of the shipped model: eager
-  (the bundle's path), TorchScript (``models/model.ts``), ``inference_dtype="bfloat16"``, ``torch.compile`` (backbone and head),
-  one thread; the
-  authors' preset and RED-CNN (random weights: their time does not depend on the weights); BM3D on the same slice.
+  (the bundle's path, band by band), the whole-slice reference path (all kernels formed at once, as in training),
+  TorchScript (``models/model.ts``), ``inference_dtype="bfloat16"``, ``torch.compile`` (backbone and band), one
+  thread; the authors' preset and RED-CNN (random weights: their time does not depend on the weights); BM3D on
+  the same slice.
   Output differences are max |HU| against the eager path, PSNR in the paper's window against the normal-dose slice.
+- ``stages_lite``: where one slice's time goes in the shipped network: the backbone, and the bands (head,
+  softmax and Eq. 1) against the same work done as before (``Conv2d`` head, ``torch.softmax``, 441-tap loop).
 - ``series_*``: the bundle's ``inference.json`` on a whole series (DICOM in, DICOM out), slices per second.
 - ``train_*``: training steps (forward, structure-aware loss, backward, Adam) at 64 x 64, batch 16, patches/s.
 
@@ -44,12 +47,23 @@ from bundle.utils import git_commit, windowed_quality
 
 REPO = Path(__file__).resolve().parents[1]
 HU_WINDOW = (-1024.0, 3072.0)  # the bundle's input window (configs/*.json "hu_window")
-SLICE_VARIANTS = ("lite", "lite_torchscript", "lite_bf16", "lite_compile", "lite_1thread", "authors", "redcnn")
+SLICE_VARIANTS = (
+    "lite",
+    "lite_whole_slice",
+    "lite_conv_head_bands",
+    "lite_torchscript",
+    "lite_bf16",
+    "lite_compile",
+    "lite_1thread",
+    "authors",
+    "redcnn",
+)
 CASES = (
     "local_conv_naive",
     "local_conv_ours",
     *[f"slice_{v}" for v in SLICE_VARIANTS],
     "slice_bm3d",
+    "stages_lite",
     "series_lite",
     "series_authors",
     "train_lite",
@@ -80,10 +94,51 @@ def _network(variant: str, device: torch.device) -> torch.nn.Module:
     network = StructKPN(inference_dtype="bfloat16" if variant == "lite_bf16" else "float32")
     network.load_state_dict(torch.load(REPO / "models/model.pt", map_location="cpu", weights_only=True))
     network = network.eval().to(device)
-    if variant == "lite_compile":  # the convolutions; unrolling the 441-tap loop of every band would take minutes
+    if variant == "lite_compile":  # the backbone, and the head, softmax and Eq. 1 of a band (21 steps unrolled)
         network._features = torch.compile(network._features)
-        network.head = torch.compile(network.head)
+        network._filter_band = torch.compile(network._filter_band)
+    if variant == "lite_whole_slice":
+        return _WholeSlice(network)
+    if variant == "lite_conv_head_bands":
+        return _ConvHeadBands(network)
     return network
+
+
+class _WholeSlice(torch.nn.Module):
+    """The reference path: all k * k kernels of the slice formed at once (``predict_kernels``), then Eq. 1."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        from bundle.layers import local_conv2d
+
+        return local_conv2d(image, self.network.predict_kernels(image))
+
+
+class _ConvHeadBands(torch.nn.Module):
+    """The band path as it was before ``StructKPN._filter_band``: per band, the ``Conv2d`` head, ``torch.softmax``
+    over the k * k channels and the 441-tap loop of :func:`~bundle.layers.local_conv.local_conv2d_padded`."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return _conv_head_bands(self.network, image, self.network._features(image))
+
+
+def _conv_head_bands(network: torch.nn.Module, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    from bundle.layers.local_conv import local_conv2d_padded, pad_for_local_conv
+
+    padded = pad_for_local_conv(image, network.kernel_size)
+    rows, halo = network.inference_band_rows, network.kernel_size - 1
+    bands = []
+    for top in range(0, image.shape[2], rows):
+        kernels = network._kernels(features[:, :, top : top + rows])
+        bands.append(local_conv2d_padded(padded[:, :, top : top + kernels.shape[2] + halo], kernels))
+    return torch.cat(bands, dim=2)
 
 
 def case_local_conv(naive: bool, args: argparse.Namespace) -> dict:
@@ -135,6 +190,33 @@ def case_slice(variant: str, args: argparse.Namespace) -> dict:
         times, output = _timed(denoise, args.repeats)
     np.save(args.scratch / f"slice_{variant}.npy", output.astype(np.float32))
     return {"seconds": times, "first_seconds": first_seconds, "peak_extra_mib": memory.extra / 2**20}
+
+
+def case_stages(variant: str, args: argparse.Namespace) -> dict:
+    """Where the time of one slice goes in the network (shipped model, eager, float32): median seconds a stage."""
+    from bundle.io.ct_dicom import read_ct_slice
+    from bundle.layers.local_conv import local_conv2d_padded, pad_for_local_conv
+
+    network = _network(variant, torch.device(args.device))
+    hu = read_ct_slice(args.slice).hu
+    window = np.clip((hu - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]), 0.0, 1.0)
+    image = torch.from_numpy(window.astype(np.float32))[None, None].to(args.device)
+    rows, halo = network.inference_band_rows, network.kernel_size - 1
+    with torch.inference_mode():
+        padded = pad_for_local_conv(image, network.kernel_size)
+        features = network._features(image)
+        bands = [(features[:, :, top : top + rows], padded[:, :, top : top + rows + halo]) for top in range(0, image.shape[2], rows)]
+        logits = [network.head(band) for band, _ in bands]
+        kernels = [torch.softmax(band, dim=1) for band in logits]
+        stages = {
+            "backbone": lambda: network._features(image),
+            "bands": lambda: [network._filter_band(band, padded_band) for band, padded_band in bands],
+            "conv_head": lambda: [network.head(band) for band, _ in bands],
+            "softmax": lambda: [torch.softmax(band, dim=1) for band in logits],
+            "tap_loop": lambda: [local_conv2d_padded(p, k) for (_, p), k in zip(bands, kernels)],
+        }
+        seconds = {name: float(np.median(_timed(stage, args.repeats)[0])) for name, stage in stages.items()}
+    return {"stages": seconds}
 
 
 def case_series(variant: str, args: argparse.Namespace) -> dict:
@@ -193,7 +275,8 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     kind, _, variant = name.partition("_")
     if name.startswith("local_conv"):
         return case_local_conv(name.endswith("naive"), args)
-    return {"slice": case_slice, "series": case_series, "train": case_train}[kind](variant, args)
+    cases = {"slice": case_slice, "stages": case_stages, "series": case_series, "train": case_train}
+    return cases[kind](variant, args)
 
 
 def table(results: dict[str, dict], args: argparse.Namespace) -> str:
@@ -243,6 +326,15 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
         if variant in ("authors", "redcnn"):
             notes.append("random weights")
         row(name, "; ".join(ratios) or "-", "; ".join(notes))
+    if "stages_lite" in results and "error" not in results["stages_lite"]:
+        stage = results["stages_lite"]["stages"]
+        before = stage["conv_head"] + stage["softmax"] + stage["tap_loop"]
+        lines.append(
+            f"| stages_lite | {stage['backbone'] + stage['bands']:.3f} | {before / stage['bands']:.1f}x faster bands "
+            f"than before | - | backbone {stage['backbone']:.3f} s + bands {stage['bands']:.3f} s (head, softmax and "
+            f"Eq. 1 of all 16-row bands); before: Conv2d head {stage['conv_head']:.3f} s + softmax "
+            f"{stage['softmax']:.3f} s + 441-tap loop {stage['tap_loop']:.3f} s = {before:.3f} s |"
+        )
     for name in ("series_lite", "series_authors"):
         if name in results and "error" not in results[name]:
             r = results[name]
