@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,21 @@ def test_speed_benchmark_prints_local_convolution_ratios(tmp_path):
     assert "the 441 MiB kernel tensor" in rows[1]  # 441 * 512 * 512 float32 = 441 MiB, closed form
     assert "x naive time" in rows[1]
     assert report.read_text().startswith("Output of `python scripts/benchmark_speed.py")
+
+
+def test_speed_benchmark_compares_the_band_path_with_the_whole_slice_path():
+    """The table states the fast path's difference in HU and splits the network's time into its stages."""
+    command = [sys.executable, "scripts/benchmark_speed.py", "--repeats", "1", "--cases", "slice_lite"]
+    command += ["slice_lite_whole_slice", "stages_lite"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split(" | ")[0][2:]: line for line in done.stdout.splitlines() if line.startswith("| s")}
+    assert set(rows) == {"slice_lite", "slice_lite_whole_slice", "stages_lite"}, done.stdout
+    difference = re.search(r"max abs diff vs eager ([0-9.e-]+) HU", rows["slice_lite_whole_slice"])
+    assert difference and float(difference.group(1)) < 0.05
+    total = float(rows["stages_lite"].split(" | ")[1])
+    backbone, bands = (float(x) for x in re.search(r"backbone ([0-9.]+) s \+ bands ([0-9.]+) s", rows["stages_lite"]).groups())
+    assert total == pytest.approx(backbone + bands, abs=0.002)  # the row's total is the sum of its stages
 
 
 def test_fast_inference_paths_equal_the_reference_path_in_hu():
