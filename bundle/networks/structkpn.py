@@ -71,7 +71,8 @@ class StructKPN(nn.Module):
     and the local convolution run on bands of ``inference_band_rows`` output rows, so the (B, k * k, H, W) kernel
     tensor (0.46 GB for a 512 x 512 slice with k = 21) is never formed; training uses the plain full-image path.
     The band path computes the same function in a faster order (see ``_filter_band``): outputs differ from the
-    full-image path by float rounding only (about 1e-5 of the [0, 1] range at most, 0.01 HU on a real slice).
+    full-image path by float rounding only (a few 1e-6 of the [0, 1] range: 0.01 HU on a real slice windowed over
+    4096 HU).
 
     Args:
         in_channels: image channels; every channel is filtered with the same kernels (1 for CT).
