@@ -13,7 +13,7 @@ them with references measured in the same run:
   data, kernel prediction, local convolution and HU round trip included). Variants of the shipped model: eager
   (the bundle's path, band by band), the whole-slice reference path (all kernels formed at once, as in training),
   TorchScript (``models/model.ts``), ``inference_dtype="bfloat16"``, ``torch.compile`` (backbone and band), one
-  thread; the authors' preset and RED-CNN (random weights: their time does not depend on the weights); BM3D on
+  thread, glibc's allocator told to keep freed memory (``CASE_ENVIRONMENT``); the authors' preset and RED-CNN (random weights: their time does not depend on the weights); BM3D on
   the same slice.
   Output differences are max |HU| against the eager path, PSNR in the paper's window against the normal-dose slice.
 - ``stages_lite``: where one slice's time goes in the shipped network: the backbone, and the bands (head,
@@ -55,9 +55,13 @@ SLICE_VARIANTS = (
     "lite_bf16",
     "lite_compile",
     "lite_1thread",
+    "lite_malloc",
     "authors",
     "redcnn",
 )
+CASE_ENVIRONMENT = {  # glibc keeps freed memory for reuse instead of unmapping blocks over 32 MiB and faulting them in again
+    "slice_lite_malloc": {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"},
+}
 CASES = (
     "local_conv_naive",
     "local_conv_ours",
@@ -368,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> str:
         args.scratch = Path(scratch)
         for name in args.cases:
             command = [sys.executable, str(Path(__file__).resolve()), *argv, "--case", name, "--scratch", scratch]
-            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+            environment = {**os.environ, **CASE_ENVIRONMENT.get(name, {})}
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment)
             if done.returncode == 0:
                 results[name] = json.loads(done.stdout.strip().splitlines()[-1])
             else:
