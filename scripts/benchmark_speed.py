@@ -18,6 +18,8 @@ them with references measured in the same run:
   Output differences are max |HU| against the eager path, PSNR in the paper's window against the normal-dose slice.
 - ``stages_lite``: where one slice's time goes in the shipped network: the backbone, and the bands (head,
   softmax and Eq. 1) against the same work done as before (``Conv2d`` head, ``torch.softmax``, 441-tap loop).
+- ``--rounds N`` runs the whole list N times and pools each case's timings: the shared host has slow spells of
+  minutes, and rounds spread them over all cases instead of letting one case's process fall into one.
 - ``series_*``: the bundle's ``inference.json`` on a whole series (DICOM in, DICOM out), slices per second.
 - ``train_*``: training steps (forward, structure-aware loss, backward, Adam) at 64 x 64, batch 16, patches/s.
 
@@ -59,6 +61,7 @@ SLICE_VARIANTS = (
     "authors",
     "redcnn",
 )
+TRAIN_BATCH = 16  # patches of 64 x 64 a training step
 CASE_ENVIRONMENT = {  # glibc keeps freed memory for reuse instead of unmapping blocks over 32 MiB and faulting them in again
     "slice_lite_malloc": {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"},
 }
@@ -264,7 +267,8 @@ def case_train(variant: str, args: argparse.Namespace) -> dict:
     network = StructKPN(preset=variant).to(device).train()
     optimizer = torch.optim.Adam(network.parameters(), 2e-4)
     loss = StructureAwareLoss()
-    image, target = torch.rand(16, 1, 64, 64, device=device), torch.rand(16, 3, 64, 64, device=device)
+    image = torch.rand(TRAIN_BATCH, 1, 64, 64, device=device)
+    target = torch.rand(TRAIN_BATCH, 3, 64, 64, device=device)
 
     def step() -> None:
         optimizer.zero_grad()
@@ -272,7 +276,7 @@ def case_train(variant: str, args: argparse.Namespace) -> dict:
         optimizer.step()
 
     times, _ = _timed(step, args.repeats)
-    return {"seconds": times, "patches_per_second": 16 / float(np.median(times))}
+    return {"seconds": times, "patches_per_second": TRAIN_BATCH / float(np.median(times))}
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict:
@@ -281,6 +285,26 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
         return case_local_conv(name.endswith("naive"), args)
     cases = {"slice": case_slice, "stages": case_stages, "series": case_series, "train": case_train}
     return cases[kind](variant, args)
+
+
+def pool_rounds(runs: list[dict]) -> dict:
+    """One case's results over the rounds: all timings pooled, the largest peak memory, per-stage medians."""
+    done = [run for run in runs if "error" not in run]
+    if not done:
+        return runs[-1]
+    pooled = dict(done[-1])
+    if "seconds" in pooled:
+        pooled["seconds"] = [seconds for run in done for seconds in run["seconds"]]
+        median = float(np.median(pooled["seconds"]))
+        if "slices" in pooled:
+            pooled["slices_per_second"] = pooled["slices"] / median
+        if "patches_per_second" in pooled:
+            pooled["patches_per_second"] = TRAIN_BATCH / median
+    if "peak_extra_mib" in pooled:
+        pooled["peak_extra_mib"] = max(run["peak_extra_mib"] for run in done)
+    if "stages" in pooled:
+        pooled["stages"] = {stage: float(np.median([run["stages"][stage] for run in done])) for stage in pooled["stages"]}
+    return pooled
 
 
 def table(results: dict[str, dict], args: argparse.Namespace) -> str:
@@ -356,7 +380,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--series", type=Path, default=REPO / "sample_data/ldct-0.25/A0002-siemens-B40f")
     parser.add_argument("--authors_series", type=Path, help="a shorter series for series_authors (default: --series)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of a case in one process, after a warm-up")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the whole list of cases this many times, pooling each case's runs"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--report", type=Path, help="also write the table, command and commit to this Markdown file")
     parser.add_argument("--notes", type=Path, help="Markdown appended to the report (what was tried, and why)")
@@ -367,18 +394,20 @@ def main(argv: Sequence[str] | None = None) -> str:
         print(json.dumps(run_case(args.case, args)))
         return ""
     argv = list(sys.argv[1:] if argv is None else argv)
-    results = {}
+    runs: dict[str, list[dict]] = {name: [] for name in args.cases}
     with tempfile.TemporaryDirectory() as scratch:
         args.scratch = Path(scratch)
-        for name in args.cases:
-            command = [sys.executable, str(Path(__file__).resolve()), *argv, "--case", name, "--scratch", scratch]
-            environment = {**os.environ, **CASE_ENVIRONMENT.get(name, {})}
-            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment)
-            if done.returncode == 0:
-                results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-            else:
-                results[name] = {"error": (done.stderr.strip().splitlines() or ["?"])[-1][:200]}
-            print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+        for round_index in range(args.rounds):  # round by round, so a slow spell of the host hits every case alike
+            for name in args.cases:
+                command = [sys.executable, str(Path(__file__).resolve()), *argv, "--case", name, "--scratch", scratch]
+                environment = {**os.environ, **CASE_ENVIRONMENT.get(name, {})}
+                done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment)
+                if done.returncode == 0:
+                    runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                else:
+                    runs[name].append({"error": (done.stderr.strip().splitlines() or ["?"])[-1][:200]})
+                print(f"round {round_index + 1}, {name}: {runs[name][-1]}", file=sys.stderr, flush=True)
+        results = {name: pool_rounds(case_runs) for name, case_runs in runs.items()}
         markdown = table(results, args)
     print(markdown, end="")
     if args.report:

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
 sys.path.insert(0, str(REPO / "scripts"))
 
+import benchmark_speed  # noqa: E402
 import evaluate_generalisation  # noqa: E402
 
 
@@ -100,6 +101,20 @@ def test_speed_benchmark_compares_the_band_path_with_the_whole_slice_path():
     total = float(rows["stages_lite"].split(" | ")[1])
     backbone, bands = (float(x) for x in re.search(r"backbone ([0-9.]+) s \+ bands ([0-9.]+) s", rows["stages_lite"]).groups())
     assert total == pytest.approx(backbone + bands, abs=0.002)  # the row's total is the sum of its stages
+
+
+def test_speed_rounds_pool_timings_and_keep_the_worst_memory():
+    rounds = [
+        {"seconds": [1.0, 3.0], "peak_extra_mib": 10.0, "slices": 6},
+        {"error": "killed"},
+        {"seconds": [2.0], "peak_extra_mib": 30.0, "slices": 6},
+    ]
+    pooled = benchmark_speed.pool_rounds(rounds)
+    assert pooled["seconds"] == [1.0, 3.0, 2.0] and pooled["peak_extra_mib"] == 30.0
+    assert pooled["slices_per_second"] == 3.0  # 6 slices / median 2 s
+    stages = benchmark_speed.pool_rounds([{"stages": {"backbone": b}} for b in (0.3, 0.1, 0.2)])
+    assert stages["stages"] == {"backbone": 0.2}
+    assert benchmark_speed.pool_rounds([{"error": "a"}, {"error": "b"}]) == {"error": "b"}
 
 
 def test_fast_inference_paths_equal_the_reference_path_in_hu():
