@@ -3,7 +3,8 @@
     python scripts/benchmark_speed.py --report docs/performance.md
 
 Every case runs in its own process (so its peak memory is its own) and prints one JSON line; the table compares
-them with references measured in the same run:
+them with references measured in the same run. Every process keeps freed memory for reuse, as the bundle's configs
+do (:func:`~bundle.utils.retain_freed_memory`), except ``slice_lite_glibc_defaults``:
 
 - ``local_conv_*``: the local convolution alone, forward and backward of one 512 x 512 image with k = 21, ours
   (:func:`~bundle.layers.local_conv.local_conv2d`) and the naive unfold version; memory beyond the inputs and the
@@ -13,7 +14,7 @@ them with references measured in the same run:
   data, kernel prediction, local convolution and HU round trip included). Variants of the shipped model: eager
   (the bundle's path, band by band), the whole-slice reference path (all kernels formed at once, as in training),
   TorchScript (``models/model.ts``), ``inference_dtype="bfloat16"``, ``torch.compile`` (backbone and band), one
-  thread, glibc's allocator told to keep freed memory (``CASE_ENVIRONMENT``); the authors' preset and RED-CNN (random weights: their time does not depend on the weights); BM3D on
+  thread, glibc's default allocator settings; the authors' preset and RED-CNN (random weights: their time does not depend on the weights); BM3D on
   the same slice.
   Output differences are max |HU| against the eager path, PSNR in the paper's window against the normal-dose slice.
 - ``stages_lite``: where one slice's time goes in the shipped network: the backbone, and the bands (head,
@@ -57,14 +58,11 @@ SLICE_VARIANTS = (
     "lite_bf16",
     "lite_compile",
     "lite_1thread",
-    "lite_malloc",
+    "lite_glibc_defaults",
     "authors",
     "redcnn",
 )
 TRAIN_BATCH = 16  # patches of 64 x 64 a training step
-CASE_ENVIRONMENT = {  # glibc keeps freed memory for reuse instead of unmapping blocks over 32 MiB and faulting them in again
-    "slice_lite_malloc": {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"},
-}
 CASES = (
     "local_conv_naive",
     "local_conv_ours",
@@ -280,6 +278,10 @@ def case_train(variant: str, args: argparse.Namespace) -> dict:
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict:
+    from bundle.utils import retain_freed_memory
+
+    if name != "slice_lite_glibc_defaults":  # as the bundle's configs do ("retain_freed_memory")
+        retain_freed_memory()
     kind, _, variant = name.partition("_")
     if name.startswith("local_conv"):
         return case_local_conv(name.endswith("naive"), args)
@@ -400,8 +402,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         for round_index in range(args.rounds):  # round by round, so a slow spell of the host hits every case alike
             for name in args.cases:
                 command = [sys.executable, str(Path(__file__).resolve()), *argv, "--case", name, "--scratch", scratch]
-                environment = {**os.environ, **CASE_ENVIRONMENT.get(name, {})}
-                done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment)
+                done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
                 if done.returncode == 0:
                     runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
                 else:

@@ -1,5 +1,6 @@
-"""Tools of the benchmark and report scripts: peak memory sampling, windowed image quality, report provenance."""
+"""Process tools and report helpers: freed-memory retention, peak memory sampling, windowed quality, provenance."""
 
+from bundle.utils.memory import retain_freed_memory
 from bundle.utils.profiling import PeakMemorySampler, resident_memory_bytes
 from bundle.utils.reporting import CHEST_WINDOW_HU, PAPER_WINDOW_HU, REPORT_WINDOWS, git_commit, windowed_quality
 
@@ -10,5 +11,6 @@ __all__ = [
     "PeakMemorySampler",
     "git_commit",
     "resident_memory_bytes",
+    "retain_freed_memory",
     "windowed_quality",
 ]
