@@ -6,7 +6,7 @@ cannot drift apart:
 - ``configs/inference.json`` (read with :class:`monai.bundle.ConfigParser`) gives the network (``network_def``),
   the weights (``ckpt_path``), the preprocessing (``LoadImaged`` with :class:`bundle.io.CTDicomReader`, the CT
   checks, and the window ``hu_window`` = [-1024, 3072] HU scaled to [0, 1]), the slice-by-slice inferer
-  (``SliceInferer``) and the inverse window (``postprocessing#transforms#0``);
+  (``SliceInferer``), the inverse window (``postprocessing#transforms#0``) and ``retain_freed_memory``;
 - the NIfTI file is written by :class:`bundle.io.AtomicNibabelWriter` with the input's affine and shape.
 
 The bundle's DICOM series writer is not used: MONAI Label returns one file per request, so a DICOM input gives a
@@ -28,6 +28,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from bundle.io import AtomicNibabelWriter
+from bundle.utils import retain_freed_memory
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
@@ -63,6 +64,8 @@ class StructKPNDenoise(BasicInferTask):
         self.overrides = dict(overrides or {})
         parser = self._parser()
         self.hu_window = [float(v) for v in parser.get_parsed_content("hu_window")]
+        if parser.get_parsed_content("retain_freed_memory"):  # as the bundle's "initialize" does
+            retain_freed_memory()
         network = parser.get_parsed_content("network_def", lazy=False)
         path = ckpt_path or parser.get_parsed_content("ckpt_path")
         super().__init__(
