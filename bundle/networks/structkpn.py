@@ -88,9 +88,10 @@ class StructKPN(nn.Module):
         inference_band_rows: output rows per band in eval mode.
         inference_dtype: ``"float32"`` (default) or ``"bfloat16"``: in eval mode (eager, not TorchScript) run the
             backbone under ``torch.autocast`` in bfloat16; the kernel head, the softmax and Eq. 1 stay float32
-            (bf16 logits, spread over ~100 a pixel, would move bright pixels by tens of HU). On a CPU with
-            AVX-512 BF16 it is about 1.4 times faster and moves single pixels by up to 1.5 HU on a chest slice
-            (``docs/performance.md``); without bf16 hardware it is slower.
+            (bf16 logits, spread over ~100 a pixel, would move bright pixels by tens of HU). It moves single
+            pixels by up to 1.5 HU on a chest slice; whether it is faster depends on the CPU: on the development
+            machine (AVX-512 BF16) it was faster before freed memory was retained, not after
+            (``docs/performance.md``).
 
     Example::
 

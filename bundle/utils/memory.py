@@ -19,9 +19,10 @@ def retain_freed_memory(max_bytes: int = 2**30) -> bool:
 
     PyTorch allocates CPU tensors with ``malloc``. With glibc's defaults, the tens of MiB that every 512 x 512
     forward pass allocates are given back to the system when freed and faulted in again, page by page, on the next
-    slice or training step: about 97,000 page faults a slice for the default StructKPN, which doubled its time on
-    the development machine (``docs/performance.md``, ``slice_lite_glibc_defaults``). Kept, the same memory is
-    reused; the peak resident memory does not grow, but it is not returned until the process ends.
+    slice or training step: about 97,000 page faults a slice for the default StructKPN, which made it about 1.4
+    times slower on the development machine (``docs/performance.md``, ``slice_lite_glibc_defaults``). Kept, the
+    same memory is reused, but it is not returned until the process ends, and the heap can fragment: larger
+    pipelines (RED-CNN, the authors' preset) peaked about 1.5 times higher in resident memory.
 
     Process-wide and permanent. Does nothing and returns ``False`` where the C library is not glibc (macOS, Windows,
     musl); returns ``True`` once both settings are applied.
