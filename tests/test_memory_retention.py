@@ -36,7 +36,7 @@ def _faults(mode: str) -> tuple[str, int]:
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc settings only")
 def test_freed_tensors_are_reused_without_page_faults():
     applied, faults = _faults("retain")
-    assert applied == "True" and faults < 2_000
+    assert applied == "True" and faults < 16_384 + 2_000  # at most one of the five blocks faulted in again
     _, default_faults = _faults("default")  # glibc maps and unmaps every 64 MiB block: all 81,920 pages again
     assert default_faults > 70_000
 
