@@ -35,7 +35,12 @@ def ksvd_denoise(
     """Denoise a 2D image by sparse coding its overlapping patches over a dictionary learned from the image itself.
 
     1. The noise standard deviation ``sigma`` is estimated from the input when not given
-       (``skimage.restoration.estimate_sigma``: median absolute deviation of the finest diagonal wavelet band).
+       (``skimage.restoration.estimate_sigma``: median absolute deviation of the finest diagonal wavelet band,
+       which sees only the high-frequency part of correlated CT noise and so underestimates it). The noise level
+       of correlated noise, as a user can estimate it, is
+       ``noise_std_from_power_spectrum(estimate_noise_power_spectrum(image))`` (the image's flattest tiles,
+       :mod:`bundle.baselines.noise_spectrum`); the oracle, an upper bound no user has, is the standard deviation
+       of the realisation of the added noise.
     2. A dictionary of ``n_atoms`` unit-norm atoms is learned with ``MiniBatchDictionaryLearning``
        (L1 penalty ``alpha = sigma``, coordinate descent, ``n_epochs`` passes) on ``n_training_patches``
        random patches of the noisy image, each with its mean removed.
