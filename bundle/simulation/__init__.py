@@ -26,18 +26,22 @@ from .paired import (
     slice_rng,
     write_split_datalist,
 )
+from .phantoms import ImageQualityPhantom, PhantomScans, image_quality_phantom, simulate_phantom_scans
 
 __all__ = [
     "MU_WATER_PER_MM",
     "RECONSTRUCTION_FILTERS",
     "NDCT_FOLDER",
     "UID_ENTROPY_TAG",
+    "ImageQualityPhantom",
     "LowDoseSimulator",
+    "PhantomScans",
     "SimulateLowDosed",
     "add_simulator_arguments",
     "copy_atomically",
     "derivation_description",
     "hu_to_attenuation",
+    "image_quality_phantom",
     "ldct_folder",
     "log_domain_noise_std",
     "out_of_field_mask",
@@ -46,6 +50,7 @@ __all__ = [
     "prepare_simulated_pairs",
     "simulate_dicom_slice",
     "simulate_low_dose",
+    "simulate_phantom_scans",
     "simulator_from_arguments",
     "slice_rng",
     "write_split_datalist",
