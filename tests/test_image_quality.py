@@ -58,6 +58,11 @@ def test_flat_rois_lie_in_uniform_tissue_of_their_class():
         assert masks["fat"][region].all() == (roi.tissue == "fat")
         assert not masks["fat"][region].any() or roi.tissue == "fat"
     assert occupied.max() == 1  # no overlaps
+    overlapping = place_flat_rois(hu, roi_size=15, max_rois_per_class=40, min_separation_px=8)
+    assert sum(roi.tissue == "soft_tissue" for roi in overlapping) > 2 * 6
+    corners = np.array([(roi.top, roi.left) for roi in overlapping])
+    gaps = np.abs(corners[:, None] - corners[None]).max(axis=-1) + 100 * np.eye(len(corners), dtype=int)
+    assert gaps.min() >= 8
     with pytest.raises(ValueError, match="2D image"):
         place_flat_rois(hu[:10, :10])
 
@@ -196,10 +201,77 @@ def test_flat_region_metric_matches_the_functions_and_reads_the_spacing():
     image32, reference32 = image.astype(np.float32), reference.astype(np.float32)
     rois = place_flat_rois(reference32)
     assert float(metric.aggregate()) == pytest.approx(hu_bias(image32, reference32, rois), rel=1e-5)
-    nps_rois = place_flat_rois(reference32, 32)
+    nps_rois = place_flat_rois(reference32, 32, 16, min_separation_px=16)
     peak = FlatRegionMetric("nps_peak_frequency")
     peak(as_tensor(image), as_tensor(reference))
     spectrum = noise_power_spectrum(extract_rois(image32, nps_rois), 0.7)
     assert float(peak.aggregate()) == pytest.approx(nps_frequencies(*radial_average(spectrum))[1], rel=1e-5)
     with pytest.raises(ValueError, match="pixel spacing"):
         FlatRegionMetric("noise")(torch.as_tensor(image)[None, None], torch.as_tensor(reference)[None, None])
+
+
+def test_evaluate_image_quality_config_writes_csv_values_of_the_module_functions(tmp_path):
+    """configs/evaluate_image_quality.json over train.json + evaluate.json on the sample's test slices, with an
+    identity network (a 1x1 convolution of weight 1), so the test needs no trained model."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from monai.bundle import ConfigWorkflow
+    from monai.transforms import ScaleIntensityRange
+
+    from bundle.io import read_ct_slice
+
+    repo = Path(__file__).resolve().parents[1]
+    sample = repo / "sample_data"
+    checkpoint = tmp_path / "identity.pt"
+    torch.save({"weight": torch.ones(1, 1, 1, 1)}, checkpoint)
+    flow = ConfigWorkflow(
+        config_file=[str(repo / "configs" / name) for name in ("train.json", "evaluate.json", "evaluate_image_quality.json")],
+        meta_file=str(repo / "configs" / "metadata.json"),
+        logging_file=str(repo / "configs" / "logging.conf"),
+        workflow_type="train",
+        ckpt_path=str(checkpoint),
+        output_dir=str(tmp_path / "eval"),
+        dataset_dir=str(sample),
+        dose_aware=False,
+        network_def={"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1, "bias": False},
+    )
+    flow.initialize()
+    flow.run()
+    flow.finalize()
+
+    def raw(name: str) -> dict[str, float]:
+        with open(tmp_path / "eval" / f"{name}_raw.csv") as f:
+            return {Path(row[0]).name: float(row[1]) for row in list(csv.reader(f))[1:]}
+
+    def as_loaded(path: Path) -> np.ndarray:
+        """HU as the pipeline holds them: clipped to the HU window, to [0, 1] and back in float32."""
+        hu = torch.as_tensor(read_ct_slice(path).hu.astype(np.float32))
+        unit = ScaleIntensityRange(-1024.0, 3072.0, 0.0, 1.0, clip=True)(hu)
+        return np.asarray(ScaleIntensityRange(0.0, 1.0, -1024.0, 3072.0)(unit))
+
+    items = json.loads((sample / "datalist.json").read_text())["test"]
+    columns = {name: raw(name) for name in ("input_hu_bias", "test_hu_bias", "input_noise", "reference_noise",
+                                            "input_noise_ratio", "input_nps_mean_frequency",
+                                            "reference_nps_peak_frequency")}  # fmt: skip
+    for item in items:
+        low_dose, normal_dose = as_loaded(sample / item["image"]), as_loaded(sample / item["label"])
+        spacing = float(read_ct_slice(sample / item["label"]).dataset.PixelSpacing[0])
+        rois = place_flat_rois(normal_dose)
+        nps_rois = place_flat_rois(normal_dose, 32, 16, min_separation_px=16)
+        key = Path(item["image"]).name
+        expected = {
+            "input_hu_bias": hu_bias(low_dose, normal_dose, rois),
+            "test_hu_bias": hu_bias(low_dose, normal_dose, rois),  # the identity network
+            "input_noise": roi_noise(low_dose, rois),
+            "reference_noise": roi_noise(normal_dose, rois),
+            "input_noise_ratio": noise_ratio(low_dose, normal_dose, rois),
+            "input_nps_mean_frequency": nps_frequencies(
+                *radial_average(noise_power_spectrum(extract_rois(low_dose, nps_rois), spacing)))[0],
+            "reference_nps_peak_frequency": nps_frequencies(
+                *radial_average(noise_power_spectrum(extract_rois(normal_dose, nps_rois), spacing)))[1],
+        }  # fmt: skip
+        for name, value in expected.items():
+            assert columns[name][key] == pytest.approx(value, rel=1e-4, abs=1e-4), (name, key)
+    assert np.mean(list(columns["input_noise"].values())) > 2 * np.mean(list(columns["reference_noise"].values()))

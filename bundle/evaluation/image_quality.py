@@ -92,6 +92,7 @@ def place_flat_rois(
     tissue_classes: dict[str, tuple[float, float]] = TISSUE_CLASSES_HU,
     gradient_quantile: float = 0.25,
     smoothing_px: float = 1.5,
+    min_separation_px: int | None = None,
 ) -> list[FlatROI]:
     """Square ROIs in uniform tissue of the normal-dose image ``reference_hu`` (H, W), in HU.
 
@@ -100,7 +101,8 @@ def place_flat_rois(
     the smoothed image, HU^2 / pixel^2). A candidate qualifies for a tissue class when it lies wholly inside the
     body (the largest region above -500 HU, holes filled) and all its smoothed pixels are in the class's HU range;
     per class, the candidates with energy in the lowest ``gradient_quantile`` are taken in order of increasing
-    energy, without overlap, up to ``max_rois_per_class``. Returns the ROIs (possibly none), class by class.
+    energy, up to ``max_rois_per_class``, each at least ``min_separation_px`` (default ``roi_size``: no overlap)
+    from every ROI already taken along rows or columns. Returns the ROIs (possibly none), class by class.
     """
     hu = np.asarray(reference_hu, dtype=np.float64)
     if hu.ndim != 2 or min(hu.shape) < roi_size:
@@ -114,8 +116,11 @@ def place_flat_rois(
     half = roi_size // 2
     centre_ok = np.zeros(hu.shape, dtype=bool)  # centres whose ROI fits in the image
     centre_ok[half : hu.shape[0] - (roi_size - 1 - half), half : hu.shape[1] - (roi_size - 1 - half)] = True
+    separation = roi_size if min_separation_px is None else int(min_separation_px)
+    if separation < 1:
+        raise ValueError(f"min_separation_px must be at least 1, got {min_separation_px}")
     rois: list[FlatROI] = []
-    taken = np.zeros(hu.shape, dtype=bool)
+    blocked = np.zeros(hu.shape, dtype=bool)  # centres too close to a taken ROI
     for tissue, (low, high) in tissue_classes.items():
         in_class = ndimage.uniform_filter(((smoothed >= low) & (smoothed <= high)).astype(np.float64), roi_size)
         eligible = centre_ok & inside & (in_class > 1 - 1e-6)
@@ -126,11 +131,10 @@ def place_flat_rois(
         found = 0
         for index in candidates[np.argsort(energy.ravel()[candidates], kind="stable")]:
             row, column = divmod(int(index), hu.shape[1])
-            roi = FlatROI(row - half, column - half, roi_size, tissue)
-            if taken[roi.slices].any():
+            if blocked[row, column]:
                 continue
-            taken[roi.slices] = True
-            rois.append(roi)
+            blocked[max(row - separation + 1, 0) : row + separation, max(column - separation + 1, 0) : column + separation] = True
+            rois.append(FlatROI(row - half, column - half, roi_size, tissue))
             found += 1
             if found == max_rois_per_class:
                 break
@@ -388,11 +392,12 @@ class FlatRegionMetric(CumulativeIterationMetric):
         quantity: ``"hu_bias"`` (HU), ``"noise"`` (HU, of ``y_pred``), ``"noise_ratio"`` (``y_pred`` over ``y``),
             ``"nps_mean_frequency"`` or ``"nps_peak_frequency"`` (mm^-1, NPS of ``y_pred``'s detrended ROIs).
         roi_size: side of the HU-bias and noise ROIs, pixels.
-        nps_roi_size: side of the NPS ROIs, pixels.
+        nps_roi_size: side of the NPS ROIs, pixels (up to 16 a class, overlapping by up to half).
         pixel_spacing_mm: square pixel spacing; None reads it from the MetaTensor (``pixdim``).
         reduction: MONAI reduction over the batch (NaN, for an image without flat ROIs, is left out).
 
-    Inputs are (B, 1, H, W) tensors; per image the value is NaN when no flat ROI is found.
+    Inputs are (B, C, H, W) tensors whose channel 0 is the image (further channels, such as the dose-aware
+    network's conditioning, are ignored); per image the value is NaN when no flat ROI is found.
     """
 
     QUANTITIES = ("hu_bias", "noise", "noise_ratio", "nps_mean_frequency", "nps_peak_frequency")
@@ -420,8 +425,10 @@ class FlatRegionMetric(CumulativeIterationMetric):
         raise ValueError("FlatRegionMetric: no pixel spacing (not a MetaTensor); give pixel_spacing_mm")
 
     def _one(self, image: np.ndarray, reference: np.ndarray, spacing: float) -> float:
-        nps_quantity = self.quantity.startswith("nps")
-        rois = place_flat_rois(reference, self.nps_roi_size if nps_quantity else self.roi_size)
+        if self.quantity.startswith("nps"):  # half-overlapping ROIs, as ICRU 87 allows, for more of them
+            rois = place_flat_rois(reference, self.nps_roi_size, 16, min_separation_px=self.nps_roi_size // 2)
+        else:
+            rois = place_flat_rois(reference, self.roi_size)
         if not rois:
             return float("nan")
         if self.quantity == "hu_bias":
@@ -435,9 +442,9 @@ class FlatRegionMetric(CumulativeIterationMetric):
         return mean_frequency if self.quantity == "nps_mean_frequency" else peak_frequency
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        if y is None or y_pred.shape != y.shape or y_pred.ndim != 4 or y_pred.shape[1] != 1:
-            raise ValueError(f"expected y_pred and y of one shape (B, 1, H, W), got {tuple(y_pred.shape)} and "
-                             f"{None if y is None else tuple(y.shape)}")  # fmt: skip
+        if y is None or y_pred.ndim != 4 or y_pred.shape[::2] != y.shape[::2] or y_pred.shape[3] != y.shape[3]:
+            raise ValueError(f"expected y_pred and y of shape (B, C, H, W) with one B, H, W, got {tuple(y_pred.shape)}"
+                             f" and {None if y is None else tuple(y.shape)}")  # fmt: skip
         spacing = self._spacing(y_pred)
         predictions, references = convert_to_numpy(y_pred), convert_to_numpy(y)
         values = [self._one(p[0], r[0], spacing) for p, r in zip(predictions, references)]
