@@ -150,8 +150,22 @@ def test_find_ct_inputs_lists_series_folders_and_nifti(tmp_path):
     write_ct_series(tmp_path / "patient2" / "ct", np.stack([phantom_hu(24)]))
     nib.save(nib.Nifti1Image(np.zeros((24, 24, 2), np.float32), np.eye(4)), tmp_path / "vol.nii.gz")
     (tmp_path / "notes.txt").write_text("not an image")
-    found = [os.path.relpath(item["image"], tmp_path) for item in find_ct_inputs(tmp_path)]
-    assert found == [os.path.join("patient1", "series1"), os.path.join("patient2", "ct"), "vol.nii.gz"]
+    items = find_ct_inputs(tmp_path)
+    found = [item["image"] for item in items if "skipped" not in item]
+    relative = [[os.path.relpath(p, tmp_path) for p in f] if isinstance(f, list) else os.path.relpath(f, tmp_path)
+                for f in found]
+    assert relative == [
+        [os.path.join("patient1", "series1", f"slice_00{k}.dcm") for k in (1, 2)],
+        [os.path.join("patient2", "ct", "slice_001.dcm")],
+        "vol.nii.gz",
+    ]
+    assert [item["output_stem"] for item in items if "output_stem" in item] == [
+        os.path.join("patient1", "series1"),
+        os.path.join("patient2", "ct"),
+    ]
+    assert [(item["source"], item["skipped"]) for item in items if "skipped" in item] == [
+        (str(tmp_path / "notes.txt"), "not DICOM or NIfTI")
+    ]
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no DICOM series or NIfTI files"):
         find_ct_inputs(tmp_path / "empty")

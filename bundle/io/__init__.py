@@ -10,10 +10,12 @@ from .ct_dicom import (
     is_multiframe,
     padding_mask,
     read_ct_slice,
+    read_dicom,
+    rescale_of,
 )
 from .nifti_writer import AtomicNibabelWriter
-from .paths import find_ct_inputs, require_checkpoint
-from .series_writer import OUTPUT_FORMATS, SaveCTSeriesd, derived_series_path
+from .paths import DERIVED_MARK, OutputDirError, check_output_dir, find_ct_inputs, require_checkpoint
+from .series_writer import OUTPUT_FORMATS, SaveCTSeriesd, derived_series_path, file_sha256
 from .datalist import SPLITS, build_datalist, split_patients, write_datalist
 from .dicom_writer import (
     hu_to_stored,
@@ -32,4 +34,4 @@ from .layouts import (
     tcia_dose_fraction,
     tcia_ldct_pairs,
 )
-from .atomic import atomic_output
+from .atomic import atomic_output, remove_stale_partials

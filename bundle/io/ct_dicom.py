@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from pydicom.dataset import Dataset
 
 __all__ = [
     "CTInputError",
+    "read_dicom",
+    "rescale_of",
     "CTDicomReader",
     "SOURCE_FILES_KEY",
     "check_ct_dataset",
@@ -29,7 +32,12 @@ __all__ = [
     "frame_geometry",
     "frame_rescales",
     "is_multiframe",
+    "is_dicomdir",
+    "order_slices",
+    "duplicate_positions",
 ]
+
+logger = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = ("", ".dcm", ".dicom", ".ima")
 # Metadata key of the DICOM files behind a loaded volume, one per slice in the volume's last-axis order (a single
@@ -46,11 +54,50 @@ class CTInputError(ValueError):
         super().__init__(f"{self.filename}: {problem}")
 
 
+_TRANSFER_SYNTAX_OF_ENCODING = {  # (implicit VR, little endian) as pydicom found it -> transfer syntax
+    (True, True): pydicom.uid.ImplicitVRLittleEndian,
+    (False, True): pydicom.uid.ExplicitVRLittleEndian,
+    (False, False): pydicom.uid.ExplicitVRBigEndian,
+}
+
+
+def read_dicom(filename: os.PathLike | str, **kwargs) -> Dataset:
+    """``pydicom.dcmread`` with ``force=True``, so files written without preamble or file meta are read too; such a
+    file gets the Transfer Syntax UID of the encoding pydicom found (pixel data cannot be decoded without one).
+    Raises InvalidDicomError for a file without preamble that holds none of SOPClassUID, SeriesInstanceUID and
+    Modality (not DICOM)."""
+    ds = pydicom.dcmread(filename, **{"force": True, **kwargs})
+    if ds.preamble is None and not any(tag in ds for tag in ("SOPClassUID", "SeriesInstanceUID", "Modality")):
+        raise pydicom.errors.InvalidDicomError("no DICOM preamble, and no SOPClassUID, SeriesInstanceUID or Modality")
+    if "TransferSyntaxUID" not in ds.file_meta and ds.original_encoding in _TRANSFER_SYNTAX_OF_ENCODING:
+        ds.file_meta.TransferSyntaxUID = _TRANSFER_SYNTAX_OF_ENCODING[ds.original_encoding]
+    return ds
+
+
+def rescale_of(ds: Dataset, filename: os.PathLike | str) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of ``ds``; (1, 0) when both are absent. Raises :class:`CTInputError` naming
+    the file and tag when one is present but empty (a Type 1 tag of the CT Image module) or the slope is 0 (every
+    stored value would map to the intercept)."""
+    values = []
+    for tag, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        element = ds.get(tag)
+        if tag in ds and (element is None or element == ""):
+            raise CTInputError(filename, f"{tag} is present but empty: cannot convert stored values to HU")
+        try:
+            values.append(default if element is None else float(element))
+        except (TypeError, ValueError):
+            raise CTInputError(filename, f"{tag} is {element!r}, not a number: cannot convert stored values to HU")
+    if values[0] == 0.0 or not np.all(np.isfinite(values)):
+        raise CTInputError(filename, f"RescaleSlope is {values[0]:g}: stored values cannot be converted to HU")
+    return values[0], values[1]
+
+
 def check_ct_dataset(ds: Dataset, filename: os.PathLike | str, require_rescale: bool = True) -> None:
     """Raise :class:`CTInputError` unless ``ds`` is a single-sample CT image with a HU rescale.
 
     Checks Modality (CT), pixel data presence, SamplesPerPixel 1 and, when ``require_rescale``, the
-    RescaleSlope/RescaleIntercept tags (without them stored values are not HU).
+    RescaleSlope/RescaleIntercept tags (without them stored values are not HU; empty or a slope of 0 is an
+    error too, see :func:`rescale_of`).
     """
     modality = ds.get("Modality")
     if modality != "CT":
@@ -59,12 +106,13 @@ def check_ct_dataset(ds: Dataset, filename: os.PathLike | str, require_rescale: 
         raise CTInputError(filename, "no pixel data (is this an image?)")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise CTInputError(filename, f"SamplesPerPixel is {ds.SamplesPerPixel}: CT must be single-sample grayscale")
-    if require_rescale and is_multiframe(ds):
-        frame_rescales(ds, filename)
-    elif require_rescale:
-        missing = [tag for tag in ("RescaleSlope", "RescaleIntercept") if tag not in ds]
-        if missing:
-            raise CTInputError(filename, f"missing {' and '.join(missing)}: cannot convert stored values to HU")
+    if is_multiframe(ds):
+        frame_rescales(ds, filename, require_rescale)
+        return
+    missing = [tag for tag in ("RescaleSlope", "RescaleIntercept") if tag not in ds]
+    if missing and require_rescale:
+        raise CTInputError(filename, f"missing {' and '.join(missing)}: cannot convert stored values to HU")
+    rescale_of(ds, filename)
 
 
 def is_multiframe(ds: Dataset) -> bool:
@@ -91,12 +139,15 @@ def frame_rescales(ds: Dataset, filename: os.PathLike | str, required: bool = Tr
     for index in range(int(ds.get("NumberOfFrames", 1))):
         item = _frame_functional_group(ds, index, "PixelValueTransformationSequence")
         slope, intercept = (item.get("RescaleSlope"), item.get("RescaleIntercept")) if item is not None else top
+        slope, intercept = (None if v == "" else v for v in (slope, intercept))  # present but empty
         if (slope is None or intercept is None) and required:
             raise CTInputError(
                 filename,
                 f"frame {index + 1} has no RescaleSlope/RescaleIntercept (Pixel Value Transformation Sequence): "
                 "cannot convert stored values to HU",
             )
+        if slope is not None and float(slope) == 0.0:
+            raise CTInputError(filename, f"frame {index + 1} has RescaleSlope 0: cannot convert stored values to HU")
         rescales.append((1.0 if slope is None else float(slope), 0.0 if intercept is None else float(intercept)))
     return rescales
 
@@ -205,29 +256,24 @@ class CTDicomReader(PydicomReader):
         # and let ITK load a non-CT or mixed folder: problems found here are raised from ``get_data``.
         if not self.verify_suffix(data):
             raise ValueError(f"{data}: not DICOM, left to the other readers")
+        names = [name for item in ensure_tuple(data) for name in _files_of(item)]
+        if not names:
+            return _ReadFailure(CTInputError(ensure_tuple(data)[0], "folder holds no DICOM files"))
+        datasets = []
+        for name in names:
+            try:
+                datasets.append(read_dicom(name, **{**self.kwargs, **kwargs}))
+            except Exception as e:  # pydicom raises many types for unreadable files
+                return _ReadFailure(CTInputError(name, f"cannot read DICOM: {e}"))
+        self.has_series = len(names) > 1
+        self.filenames = [names] if self.has_series else names
+        if not self.has_series:
+            return datasets[0]
         try:
-            loaded = self._read_file_list(data, **kwargs) or super().read(data, **kwargs)
-        except Exception as e:  # pydicom raises many types for unreadable files
-            name = data if isinstance(data, (str, os.PathLike)) else ensure_tuple(data)[0]
-            return _ReadFailure(CTInputError(name, f"cannot read DICOM: {e}"))
-        datasets = [loaded] if len(self.filenames) == 1 else loaded
-        for item, names, name in zip(datasets, self.filenames, ensure_tuple(data)):
-            if isinstance(item, list) and not item:
-                return _ReadFailure(CTInputError(name, "folder holds no readable DICOM files"))
-            if isinstance(item, list):
-                try:
-                    _check_single_series(item, names)
-                except CTInputError as e:
-                    return _ReadFailure(e)
-        return loaded
-
-    def _read_file_list(self, data, **kwargs) -> list[Dataset] | None:
-        """Read several files (no folder) as the slices of one series, as the base reader reads a folder."""
-        names = [str(name) for name in ensure_tuple(data)]
-        if len(names) < 2 or any(Path(name).is_dir() for name in names):
-            return None
-        self.filenames, self.has_series = [names], True
-        return [pydicom.dcmread(name, **{**self.kwargs, **kwargs}) for name in names]
+            _check_single_series(datasets, names)
+        except CTInputError as e:
+            return _ReadFailure(e)
+        return datasets
 
     def get_data(self, data):
         if isinstance(data, _ReadFailure):
@@ -238,12 +284,24 @@ class CTDicomReader(PydicomReader):
         return array, meta
 
     def _combine_dicom_series(self, data: Sequence[Dataset], filenames: Sequence[str]) -> tuple[np.ndarray, dict]:
-        """The base class's volume (rows, columns, slices) and metadata, plus the slices' files in stacking order."""
-        array, meta = super()._combine_dicom_series(data, filenames)
-        # the base class's order: files with InstanceNumber, stably sorted by it
-        slices = [s for s in zip(data, filenames) if "InstanceNumber" in s[0]]
-        meta[SOURCE_FILES_KEY] = [str(name) for _, name in sorted(slices, key=lambda s: s[0].InstanceNumber)]
-        return array, meta
+        """The slices (rows, columns, slices) in the order of :func:`order_slices`, the first slice's metadata with
+        the base class's series keys (spacing, last slice's position, spatial shape), and the slices' files in
+        that order (``SOURCE_FILES_KEY``)."""
+        slices = order_slices(data, filenames)
+        arrays = [self._get_array_data(ds, name) for ds, name in slices]
+        first = slices[0][0]
+        meta = self._get_meta_dict(first)
+        spacing = [float(v) for v in first.get("PixelSpacing") or (1.0, 1.0)]
+        if len(slices) > 1:
+            depth = [_position_along_normal(ds) for ds, _ in slices]
+            gaps = np.abs(np.diff(depth)) if None not in depth else np.ones(len(slices) - 1)
+            spacing.append(float(np.mean(gaps)))
+            if slices[-1][0].get("ImagePositionPatient"):
+                meta["lastImagePositionPatient"] = np.asarray(slices[-1][0].ImagePositionPatient, dtype=float)
+        meta["spacing"] = np.asarray(spacing)
+        meta["spatial_shape"] = arrays[0].shape + ((len(slices),) if len(slices) > 1 else ())
+        meta[SOURCE_FILES_KEY] = [str(name) for _, name in slices]
+        return (np.stack(arrays, axis=-1) if len(slices) > 1 else arrays[0]), meta
 
     def _get_meta_dict(self, img) -> dict:
         """The base class's metadata; for a multi-frame image, with the frames' geometry in the tags from which the
@@ -286,6 +344,73 @@ class CTDicomReader(PydicomReader):
         if not np.all(np.isfinite(hu)):
             raise CTInputError(filename, "pixel values are not finite after rescale")
         return np.moveaxis(hu, 0, -1)
+
+
+def is_dicomdir(path: os.PathLike | str) -> bool:
+    """True for a DICOMDIR (the index of a DICOM file set, not an image)."""
+    return Path(path).name.upper() == "DICOMDIR"
+
+
+def _files_of(name: os.PathLike | str) -> list[str]:
+    """A file as itself; a folder as its visible regular files but DICOMDIR, sorted (not its subfolders)."""
+    path = Path(name)
+    if not path.is_dir():
+        return [str(path)]
+    return [
+        str(child)
+        for child in sorted(path.iterdir())
+        if child.is_file() and not child.name.startswith(".") and not is_dicomdir(child)
+    ]
+
+
+def _instance_number(ds: Dataset) -> int | None:
+    value = ds.get("InstanceNumber")
+    return None if value is None or value == "" else int(value)
+
+
+def _position_along_normal(ds: Dataset) -> float | None:
+    """ImagePositionPatient projected on the slice normal (mm), None without position or orientation."""
+    position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+    if not position or not orientation or len(position) != 3 or len(orientation) != 6:
+        return None
+    orientation = np.asarray(orientation, dtype=float)
+    return float(np.dot(np.asarray(position, dtype=float), np.cross(orientation[:3], orientation[3:])))
+
+
+def order_slices(datasets: Sequence[Dataset], filenames: Sequence[str]) -> list[tuple[Dataset, str]]:
+    """The slices of one series in stacking order: by InstanceNumber (stable) when every slice has one, else by
+    ImagePositionPatient along the slice normal (InstanceNumber is Type 2: it may be absent or empty). Raises
+    :class:`CTInputError` naming a slice that has neither, so no slice is ever left out."""
+    slices = list(zip(datasets, map(str, filenames)))
+    if all(_instance_number(ds) is not None for ds, _ in slices):
+        return sorted(slices, key=lambda s: _instance_number(s[0]))
+    depth = []
+    for ds, name in slices:
+        value = _position_along_normal(ds)
+        if value is None:
+            raise CTInputError(
+                name,
+                "no InstanceNumber and no ImagePositionPatient/ImageOrientationPatient: its place in the series is "
+                "unknown",
+            )
+        depth.append(value)
+    missing = next(name for ds, name in slices if _instance_number(ds) is None)
+    logger.info("%s: InstanceNumber missing or empty; slices ordered by ImagePositionPatient", missing)
+    return [slices[i] for i in np.argsort(depth, kind="stable")]
+
+
+def duplicate_positions(datasets: Sequence[Dataset], filenames: Sequence[str]) -> tuple[str, str] | None:
+    """The first two files whose slices lie at the same ImagePositionPatient (within 1e-3 mm), or None."""
+    seen: dict[tuple[float, ...], str] = {}
+    for ds, name in zip(datasets, filenames):
+        position = ds.get("ImagePositionPatient")
+        if not position:
+            continue
+        key = tuple(np.round(np.asarray(position, dtype=float), 3))
+        if key in seen:
+            return seen[key], str(name)
+        seen[key] = str(name)
+    return None
 
 
 @dataclass
@@ -336,7 +461,7 @@ def read_ct_slice(filename: os.PathLike | str, require_rescale: bool = True) -> 
     """
     filename = str(filename)
     try:
-        ds = pydicom.dcmread(filename)
+        ds = read_dicom(filename)
     except (pydicom.errors.InvalidDicomError, OSError, EOFError) as e:
         raise CTInputError(filename, f"cannot read DICOM: {e}")
     check_ct_dataset(ds, filename, require_rescale)
@@ -346,7 +471,6 @@ def read_ct_slice(filename: os.PathLike | str, require_rescale: bool = True) -> 
         raise CTInputError(filename, f"cannot decode pixel data: {e}")
     if stored.ndim != 2:
         raise CTInputError(filename, f"expected a single-frame 2D slice, got pixel array of shape {stored.shape}")
-    slope = float(ds.get("RescaleSlope", 1.0))
-    intercept = float(ds.get("RescaleIntercept", 0.0))
+    slope, intercept = rescale_of(ds, filename)
     hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     return CTSlice(hu=hu, dataset=ds, padding=padding_mask(ds, stored), filename=filename)
