@@ -157,6 +157,8 @@ def test_ttf_of_a_gaussian_blurred_disc_is_the_gaussian_transfer_function(sigma_
     assert ttf.ttf50 == pytest.approx(np.sqrt(np.log(2) / 2) / (np.pi * sigma_mm), rel=0.03)
     assert ttf.ttf10 == pytest.approx(np.sqrt(np.log(10) / 2) / (np.pi * sigma_mm), rel=0.04)
     assert ttf.contrast_hu == pytest.approx(300.0, rel=0.01)
+    narrow = task_transfer_function(image, (100.3, 99.6), 20.0, SPACING_MM, lsf_half_width_mm=4.0)
+    assert narrow.ttf50 == pytest.approx(ttf.ttf50, rel=0.02)
     # the same insert measured with a wrong centre looks blurrier
     assert task_transfer_function(image, (102.3, 99.6), 20.0, SPACING_MM).ttf50 < 0.8 * ttf.ttf50
 

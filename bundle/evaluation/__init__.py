@@ -22,3 +22,4 @@ from .image_quality import (
     task_transfer_function,
     transfer_frequency,
 )
+from .quality_study import GOALS, PhantomResult, SeriesResult, measure_phantom, measure_series, verdicts, write_report

@@ -327,17 +327,23 @@ def task_transfer_function(
     pixel_spacing_mm: float,
     half_width_mm: float | None = None,
     bin_width_mm: float | None = None,
+    lsf_half_width_mm: float | None = None,
 ) -> TaskTransferFunction:
     """AAPM TG-233 task transfer function of a circular insert of radius ``radius_mm`` around ``centre`` (pixels).
 
-    The radial ESF (:func:`edge_spread_function`) is differentiated to the line-spread function, tapered by a Hann
-    window over the profile (centred on the edge) against noise far from it, and Fourier transformed (zero-padded
-    4x); TTF = |FT(LSF)| / |FT(LSF)(0)|. Give the mean over noise realisations for a noisy insert. A Gaussian blur
-    of std s mm gives TTF(f) = exp(-2 pi^2 s^2 f^2).
+    The radial ESF (:func:`edge_spread_function`) is differentiated to the line-spread function, windowed around the
+    edge against noise far from it (a Tukey window over R +- ``lsf_half_width_mm``, default the whole profile: flat
+    over the inner half, a cosine taper over the outer; a narrower one has less noise but must hold the LSF's
+    tails), and Fourier transformed (zero-padded 4x);
+    TTF = |FT(LSF)| / |FT(LSF)(0)|. Give the mean over noise realisations for a noisy insert: noise left in the ESF
+    raises the TTF at high frequencies. A Gaussian blur of std s mm gives TTF(f) = exp(-2 pi^2 s^2 f^2).
     """
     distance, esf = edge_spread_function(image_hu, centre, radius_mm, pixel_spacing_mm, half_width_mm, bin_width_mm)
     step = distance[1] - distance[0]
-    lsf = np.gradient(esf, step) * np.hanning(len(esf))
+    half_window = min(radius_mm - distance[0], distance[-1] - radius_mm) if lsf_half_width_mm is None else lsf_half_width_mm
+    offset = np.abs(distance - radius_mm) / half_window  # Tukey window: 1 to half way, cosine taper to 0 at 1
+    taper = np.where(offset <= 0.5, 1.0, 0.5 * (1 + np.cos(2 * np.pi * (np.minimum(offset, 1.0) - 0.5))))
+    lsf = np.gradient(esf, step) * taper
     spectrum = np.abs(np.fft.rfft(lsf, n=4 * len(lsf)))
     frequencies = np.fft.rfftfreq(4 * len(lsf), d=step)
     if spectrum[0] == 0:
