@@ -142,6 +142,10 @@ def test_dicomdir_file_set_and_series_folder_with_subfolder_load(tmp_path, ident
     assert files_under(out) == expected  # DICOMDIR itself skipped
     skipped = [item for item in find_ct_inputs(data) if "skipped" in item]
     assert [Path(item["image"]).name for item in skipped] == ["DICOMDIR"]
+    # the reader given a folder (as MONAI Label does) reads its own DICOM files, not its subfolder or notes
+    (data / "series" / "notes").write_text("scanned on the old scanner")
+    volume = LoadImage(reader=CTDicomReader(), image_only=True)(str(data / "series"))
+    assert volume.shape == (32, 32, 2) and volume.meta["source_files"] == [str(p) for p in top]
 
 
 # --- 4. output inside the input tree, derived series never re-read -----------------------------------------------

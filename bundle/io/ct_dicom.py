@@ -218,9 +218,12 @@ class CTDicomReader(PydicomReader):
 
     On top of the base reader (which applies RescaleSlope/Intercept and returns float32 HU) it:
 
-    - rejects files that are not CT, lack pixel data or lack the rescale tags (``require_rescale``);
-    - reads a folder, or a list of files of one series (as ``find_ct_inputs`` gives for a folder holding
-      several series), as one volume with slices sorted by InstanceNumber, and records the slices' files in
+    - reads files without preamble or file meta too (:func:`read_dicom`);
+    - rejects files that are not CT, lack pixel data or lack the rescale tags (``require_rescale``), or whose
+      rescale is empty or has slope 0 (:func:`rescale_of`);
+    - reads a folder (its own files, not its subfolders, without DICOMDIR and files that are not DICOM), or a
+      list of files of one series (as ``find_ct_inputs`` gives), as one volume with slices in the order of
+      :func:`order_slices` (InstanceNumber, else position along the normal), and records the slices' files in
       that order in the metadata (``SOURCE_FILES_KEY``), so outputs can be mapped back to their source files;
     - rejects a series whose files mix series or geometries (SeriesInstanceUID, Rows/Columns,
       PixelSpacing, ImageOrientationPatient), naming the first file that differs;
@@ -256,15 +259,20 @@ class CTDicomReader(PydicomReader):
         # and let ITK load a non-CT or mixed folder: problems found here are raised from ``get_data``.
         if not self.verify_suffix(data):
             raise ValueError(f"{data}: not DICOM, left to the other readers")
-        names = [name for item in ensure_tuple(data) for name in _files_of(item)]
-        if not names:
-            return _ReadFailure(CTInputError(ensure_tuple(data)[0], "folder holds no DICOM files"))
-        datasets = []
-        for name in names:
+        listed = {str(item) for item in ensure_tuple(data)}
+        names, datasets = [], []
+        for name in [name for item in ensure_tuple(data) for name in _files_of(item)]:
             try:
                 datasets.append(read_dicom(name, **{**self.kwargs, **kwargs}))
+                names.append(name)
+            except pydicom.errors.InvalidDicomError as e:
+                if name in listed:  # a file asked for by name must be DICOM
+                    return _ReadFailure(CTInputError(name, f"cannot read DICOM: {e}"))
+                logger.warning("%s: not DICOM, left out of its folder's series", name)
             except Exception as e:  # pydicom raises many types for unreadable files
                 return _ReadFailure(CTInputError(name, f"cannot read DICOM: {e}"))
+        if not names:
+            return _ReadFailure(CTInputError(ensure_tuple(data)[0], "folder holds no DICOM files"))
         self.has_series = len(names) > 1
         self.filenames = [names] if self.has_series else names
         if not self.has_series:

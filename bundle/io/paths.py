@@ -29,6 +29,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Start of the DerivationDescription (DICOM) and of the header's descrip (NIfTI) of this bundle's outputs, by which
 # find_ct_inputs recognises and skips them.
 DERIVED_MARK = "Denoised by StructKPN"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # the SOP class of a DICOMDIR
 CT_IMAGE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
@@ -170,6 +171,8 @@ def _nifti_description(path: Path) -> str:
 
 def _not_ct_image(header) -> str | None:
     """Why a DICOM header is no CT image to denoise, or None."""
+    if str(header.file_meta.get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY:
+        return "DICOMDIR (a file set's index; its images are read from their folders)"
     if str(header.get("DerivationDescription", "")).startswith(DERIVED_MARK):
         return "output of this bundle (DerivationDescription), never read back"
     modality = header.get("Modality")
