@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     doses = args.dose or [0.1, 0.25, 0.5]
     if args.stand_in_sigma_mm is not None:
-        denoise, denoiser = gaussian_stand_in(args.stand_in_sigma_mm), f"a Gaussian filter of {args.stand_in_sigma_mm} mm"
+        denoise = gaussian_stand_in(args.stand_in_sigma_mm)
+        denoiser = f"a Gaussian filter of {args.stand_in_sigma_mm} mm"
     else:
         from bundle.evaluation.denoise import load_denoiser
 
@@ -93,10 +94,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     scans = simulate_phantom_scans(phantom, doses, args.realisations, seed=args.seed)
     phantom_results = measure_phantom(denoise, phantom, scans)
 
+    blocks = args.blocks.relative_to(REPO) if args.blocks.is_relative_to(REPO) else args.blocks
     command = shlex.join(["python", "scripts/image_quality_report.py", *(sys.argv[1:] if argv is None else argv)])
     header = (f"# Image quality (HU accuracy, noise, NPS, TTF, d')\n\nDenoiser: {denoiser}. Output of `{command}` at "
               f"commit `{git_commit(REPO)}` on {datetime.date.today()}; doses {', '.join(f'{d:g}' for d in doses)}; "
-              f"held-out blocks of `{args.blocks.relative_to(REPO) if args.blocks.is_relative_to(REPO) else args.blocks}`"
+              f"held-out blocks of `{blocks}`"
               f", {args.slices_per_block} slices each; synthetic phantom with {args.realisations} noise realisations.")
     notes = ("ref = normal dose, in = simulated low-dose input, out = denoised input. TTF and d' come from the "
              "synthetic phantom only; the tables above hold every block of real CT and the phantom's flat water.")

@@ -229,7 +229,7 @@ def test_evaluate_image_quality_config_writes_csv_values_of_the_module_functions
     checkpoint = tmp_path / "identity.pt"
     torch.save({"weight": torch.ones(1, 1, 1, 1)}, checkpoint)
     flow = ConfigWorkflow(
-        config_file=[str(repo / "configs" / name) for name in ("train.json", "evaluate.json", "evaluate_image_quality.json")],
+        config_file=[str(repo / "configs" / f) for f in ("train.json", "evaluate.json", "evaluate_image_quality.json")],
         meta_file=str(repo / "configs" / "metadata.json"),
         logging_file=str(repo / "configs" / "logging.conf"),
         workflow_type="train",
@@ -237,7 +237,8 @@ def test_evaluate_image_quality_config_writes_csv_values_of_the_module_functions
         output_dir=str(tmp_path / "eval"),
         dataset_dir=str(sample),
         dose_aware=False,
-        network_def={"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1, "bias": False},
+        network_def={"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1,
+                     "bias": False},  # fmt: skip
     )
     flow.initialize()
     flow.run()

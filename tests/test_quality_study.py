@@ -43,8 +43,9 @@ def test_identity_denoiser_scores_exactly_as_its_input(phantom_and_scans):
         assert scores["reference"] == pytest.approx(2.0 * scores["input"], rel=0.35)  # noise halves, d' doubles
     bigger = result.d_prime[(8.0, 20.0)]["reference"]
     assert bigger > result.d_prime[(4.0, 20.0)]["reference"] > result.d_prime[(4.0, 10.0)]["reference"]
-    for ttfs in result.ttf.values():
+    for ttfs in result.ttf.values():  # paired differences: noiseless, the same for the linear images
         assert ttfs["output"].ttf50 == ttfs["input"].ttf50
+        np.testing.assert_allclose(ttfs["input"].ttf, ttfs["reference"].ttf, atol=1e-4)
     goals = verdicts([], [result])
     assert goals["ttf50"][0] and goals["d_prime"][0] and not goals["noise_ratio"][0]
 

@@ -133,7 +133,8 @@ def place_flat_rois(
             row, column = divmod(int(index), hu.shape[1])
             if blocked[row, column]:
                 continue
-            blocked[max(row - separation + 1, 0) : row + separation, max(column - separation + 1, 0) : column + separation] = True
+            low_row, low_column = max(row - separation + 1, 0), max(column - separation + 1, 0)
+            blocked[low_row : row + separation, low_column : column + separation] = True
             rois.append(FlatROI(row - half, column - half, roi_size, tissue))
             found += 1
             if found == max_rois_per_class:
@@ -162,7 +163,9 @@ def roi_means(image_hu: np.ndarray, rois: Sequence[FlatROI]) -> np.ndarray:
     return np.array([image[roi.slices].mean() for roi in rois])
 
 
-def hu_bias(image_hu: np.ndarray, reference_hu: np.ndarray, rois: Sequence[FlatROI], tissue: str | None = None) -> float:
+def hu_bias(
+    image_hu: np.ndarray, reference_hu: np.ndarray, rois: Sequence[FlatROI], tissue: str | None = None
+) -> float:
     """HU accuracy: mean over the ROIs (of ``tissue``, all when None) of mean(image) - mean(reference), in HU."""
     chosen = _select(rois, tissue)
     return float(np.mean(roi_means(image_hu, chosen) - roi_means(reference_hu, chosen)))
@@ -174,7 +177,9 @@ def roi_noise(image_hu: np.ndarray, rois: Sequence[FlatROI], tissue: str | None 
     return float(np.sqrt(np.mean([image[roi.slices].var(ddof=1) for roi in _select(rois, tissue)])))
 
 
-def noise_ratio(image_hu: np.ndarray, reference_hu: np.ndarray, rois: Sequence[FlatROI], tissue: str | None = None) -> float:
+def noise_ratio(
+    image_hu: np.ndarray, reference_hu: np.ndarray, rois: Sequence[FlatROI], tissue: str | None = None
+) -> float:
     """Noise of ``image_hu`` over the noise of ``reference_hu`` in the same ROIs (dimensionless)."""
     return roi_noise(image_hu, rois, tissue) / roi_noise(reference_hu, rois, tissue)
 
@@ -205,7 +210,9 @@ class NoisePowerSpectrum(NamedTuple):
     frequencies_column: np.ndarray
 
 
-def noise_power_spectrum(noise_rois: np.ndarray, pixel_spacing_mm: float, detrend_order: str = "plane") -> NoisePowerSpectrum:
+def noise_power_spectrum(
+    noise_rois: np.ndarray, pixel_spacing_mm: float, detrend_order: str = "plane"
+) -> NoisePowerSpectrum:
     """ICRU 87 noise power spectrum of noise ROIs (N, h, w) or (h, w) in HU, averaged over the ROIs.
 
     ``NPS(fx, fy) = dx dy / (h w) < |DFT(roi - trend)|^2 >`` in HU^2 mm^2 (``detrend_order``: ``"mean"`` or
@@ -340,7 +347,7 @@ def task_transfer_function(
     """
     distance, esf = edge_spread_function(image_hu, centre, radius_mm, pixel_spacing_mm, half_width_mm, bin_width_mm)
     step = distance[1] - distance[0]
-    half_window = min(radius_mm - distance[0], distance[-1] - radius_mm) if lsf_half_width_mm is None else lsf_half_width_mm
+    half_window = lsf_half_width_mm or min(radius_mm - distance[0], distance[-1] - radius_mm)
     offset = np.abs(distance - radius_mm) / half_window  # Tukey window: 1 to half way, cosine taper to 0 at 1
     taper = np.where(offset <= 0.5, 1.0, 0.5 * (1 + np.cos(2 * np.pi * (np.minimum(offset, 1.0) - 0.5))))
     lsf = np.gradient(esf, step) * taper
@@ -447,7 +454,9 @@ class FlatRegionMetric(CumulativeIterationMetric):
         mean_frequency, peak_frequency = nps_frequencies(*radial_average(spectrum))
         return mean_frequency if self.quantity == "nps_mean_frequency" else peak_frequency
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if y is None or y_pred.ndim != 4 or y_pred.shape[::2] != y.shape[::2] or y_pred.shape[3] != y.shape[3]:
             raise ValueError(f"expected y_pred and y of shape (B, C, H, W) with one B, H, W, got {tuple(y_pred.shape)}"
                              f" and {None if y is None else tuple(y.shape)}")  # fmt: skip
@@ -456,7 +465,9 @@ class FlatRegionMetric(CumulativeIterationMetric):
         values = [self._one(p[0], r[0], spacing) for p, r in zip(predictions, references)]
         return torch.tensor(values, dtype=torch.float32)[:, None]
 
-    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def aggregate(
+        self, reduction: MetricReduction | str | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         data = self.get_buffer()
         if not isinstance(data, torch.Tensor):
             raise ValueError("the data to aggregate must be a PyTorch Tensor")
