@@ -415,17 +415,36 @@ def test_command_line_failure_ends_with_the_file_and_the_problem(tmp_path, ident
     command = [
         sys.executable, "-m", "monai.bundle", "run", "inference", "--meta_file", META,
         "--config_file", str(CONFIGS / "inference.json"), "--logging_file", LOGGING, "--bundle_root", str(REPO),
-        "--ckpt_path", str(identity_ckpt), "--dataset_dir", str(data),
+        "--ckpt_path", str(identity_ckpt), "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out"),
     ]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([*command, "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-2:]
     assert last[0].startswith("error: 1 of 2 inputs failed; 1 processed, 0 skipped:"), result.stderr[-3000:]
     assert last[1] == f"  {inputs[0]}: RescaleSlope is 0: stored values cannot be converted to HU"
     assert "Traceback" not in result.stderr
     assert files_under(tmp_path / "out") == [str(Path("good") / p.name) for p in sorted((data / "good").iterdir())]
-    refused = subprocess.run([*command, "--output_dir", str(data / "out")], capture_output=True, text=True, env=env)
-    assert refused.returncode == 1
-    last = refused.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: {data / 'out'}: output_dir is inside dataset_dir"), refused.stderr[-3000:]
+
+
+def test_refused_run_and_bugs_end_with_the_problem(tmp_path, identity_ckpt, capsys, monkeypatch):
+    """The hook that inference.json's initialize installs, given what a refused run raises (wrapped by MONAI)."""
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    data = tmp_path / "data"
+    write_series(data / "ct", n=2)
+    with pytest.raises(Exception) as raised:
+        run_inference(identity_ckpt, data, data / "out")
+    assert isinstance(raised.value, RuntimeError)  # "Failed to evaluate ConfigExpression ..."
+    capsys.readouterr()
+    sys.excepthook(type(raised.value), raised.value, raised.value.__traceback__)
+    printed = capsys.readouterr().err
+    assert printed == f"error: {data / 'out'}: output_dir is inside dataset_dir {data}; its outputs would be read back " \
+        "as inputs by the next run: choose an output_dir outside dataset_dir\n"
+    try:  # anything else: its traceback, then its innermost cause last
+        try:
+            {}["missing"]
+        except KeyError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from e
+    except RuntimeError as e:
+        sys.excepthook(type(e), e, e.__traceback__)
+    printed = capsys.readouterr().err
+    assert "Traceback" in printed and printed.strip().splitlines()[-1] == "error: KeyError: 'missing'"
