@@ -190,3 +190,72 @@ def test_monai_config_instantiation():
     k15 = parser.get_parsed_content("k15")
     assert (k15.kernel_size, k15.features) == (15, STRUCTKPN_PRESETS["lite"]["features"])
     assert k15.head[-1].out_channels == 225
+
+
+def _conditioned(image: torch.Tensor, dose: float, noise: float = 0.005) -> torch.Tensor:
+    """(B, 1, H, W) image -> (B, 3, H, W) with a constant noise map and dose fraction."""
+    return torch.cat([image, torch.full_like(image, noise), torch.full_like(image, dose)], dim=1)
+
+
+@pytest.fixture(scope="module")
+def dose_aware_net() -> StructKPN:
+    net = _randomised(StructKPN(kernel_size=7, features=8, num_res_blocks=2, head_channels=8, dose_aware=True))
+    nn.init.normal_(net.stem[0].weight, std=0.5)  # the conditioning channels reach the kernels
+    net.inference_band_rows = 8
+    return net
+
+
+def test_dose_aware_band_path_equals_full_path_and_kernels(dose_aware_net):
+    x = _conditioned(torch.rand(2, 1, 29, 31), 0.3)
+    full = dose_aware_net.train()(x)
+    with torch.no_grad():
+        banded = dose_aware_net.eval()(x)
+        kernels = dose_aware_net.predict_kernels(x)
+    assert full.shape == (2, 1, 29, 31)
+    assert (banded - full).abs().max() < 1e-5
+    # the identity mix is part of the applied kernels: Eq. 1 with them gives the output
+    assert (local_conv2d_unfold(x[:, :1], kernels) - banded).abs().max() < 1e-5
+    torch.testing.assert_close(kernels.sum(dim=1), torch.ones(2, 29, 31))
+
+
+def test_dose_one_is_the_identity_and_the_mix_is_sqrt_dose(dose_aware_net):
+    image = torch.rand(1, 1, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(dose_aware_net.eval()(_conditioned(image, 1.0)), image)
+        filtered = dose_aware_net(_conditioned(image, 0.0))  # w = 0: the predicted kernels alone
+        kernels_only = local_conv2d_unfold(image, dose_aware_net._kernels(dose_aware_net._features(
+            torch.cat([image, torch.full_like(image, 0.2), torch.full_like(image, 0.2)], dim=1))))
+        mixed = dose_aware_net(_conditioned(image, 0.36))
+        mmse = StructKPN(kernel_size=7, features=8, num_res_blocks=2, head_channels=8, dose_aware=True,
+                         output_noise="mmse")
+        mmse.load_state_dict(dose_aware_net.state_dict())
+        mixed_mmse = mmse.eval()(_conditioned(image, 0.36))
+    torch.testing.assert_close(filtered, kernels_only, atol=1e-5, rtol=0)  # noise channels: 40 * 0.005, * sqrt(1)
+    # the kernel predictor also sees the dose, so compare with the kernels it predicts at that dose
+    with torch.no_grad():
+        at_dose = torch.cat([image, torch.full_like(image, 0.2), torch.full_like(image, 0.2 * 0.8)], dim=1)
+        kernels = local_conv2d_unfold(image, dose_aware_net._kernels(dose_aware_net._features(at_dose)))
+    torch.testing.assert_close(mixed, 0.6 * image + 0.4 * kernels, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed_mmse, 0.36 * image + 0.64 * kernels, atol=1e-5, rtol=0)
+
+
+def test_dose_aware_warm_start_keeps_the_single_dose_kernels():
+    from bundle.networks import dose_aware_state_dict
+
+    single = _randomised(StructKPN(kernel_size=7, features=8, num_res_blocks=1, head_channels=8)).eval()
+    nn.init.normal_(single.stem[0].weight, std=0.5)
+    dose_aware = StructKPN(kernel_size=7, features=8, num_res_blocks=1, head_channels=8, dose_aware=True).eval()
+    dose_aware.load_state_dict(dose_aware_state_dict(single.state_dict()))
+    image = torch.rand(1, 1, 20, 22)
+    with torch.no_grad():
+        expected = torch.lerp(single(image), image, 0.5)  # w = sqrt(0.25)
+        torch.testing.assert_close(dose_aware(_conditioned(image, 0.25, noise=0.3)), expected, atol=1e-6, rtol=0)
+
+
+def test_dose_aware_input_channels_and_torchscript(dose_aware_net):
+    with pytest.raises(ValueError, match="noise std and the dose fraction, got 1 channels"):
+        dose_aware_net(torch.rand(1, 1, 24, 24))
+    x = _conditioned(torch.rand(1, 1, 24, 26), 0.2)
+    scripted = torch.jit.script(dose_aware_net.eval())
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), dose_aware_net(x))

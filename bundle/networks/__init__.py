@@ -2,7 +2,15 @@
 
 from .redcnn import REDCNN
 from .residual import zero_initialised
-from .structkpn import STRUCTKPN_PRESETS, StructKPN
+from .structkpn import STRUCTKPN_PRESETS, StructKPN, dose_aware_state_dict
 from .wavresnet import StationaryWavelet2d, WavResNet
 
-__all__ = ["REDCNN", "STRUCTKPN_PRESETS", "StationaryWavelet2d", "StructKPN", "WavResNet", "zero_initialised"]
+__all__ = [
+    "REDCNN",
+    "STRUCTKPN_PRESETS",
+    "StationaryWavelet2d",
+    "StructKPN",
+    "WavResNet",
+    "dose_aware_state_dict",
+    "zero_initialised",
+]

@@ -10,7 +10,7 @@ from torch import nn
 
 from bundle.layers.local_conv import local_conv2d_padded, pad_for_local_conv
 
-__all__ = ["STRUCTKPN_PRESETS", "StructKPN"]
+__all__ = ["STRUCTKPN_PRESETS", "StructKPN", "dose_aware_state_dict"]
 
 
 @torch.jit.unused
@@ -86,6 +86,20 @@ class StructKPN(nn.Module):
         downsample: resolution factor of the residual trunk, 1 = full resolution.
         kernel_norm: ``"softmax"`` or ``"none"``.
         inference_band_rows: output rows per band in eval mode.
+        dose_aware: the input is (B, in_channels + 2, H, W): the image, then its blind local noise standard
+            deviation and the dose fraction a (the channels of :class:`~bundle.transforms.AddDoseConditiond`). The
+            kernel predictor sees the image, the noise it has (``noise_gain`` times channel 1) and the noise to
+            remove, ``sqrt(1 - a)`` times it; the predicted kernels K are mixed with the identity,
+            ``w * identity + (1 - w) * K`` with ``w`` from ``output_noise``, and applied by Eq. 1 as before (still a
+            convex combination of the neighbourhood: mean HU kept). a = 1 returns the input exactly, and the output
+            keeps a share of the input's noise that grows with a.
+        output_noise: ``"normal_dose"`` (w = sqrt(a)) or ``"mmse"`` (w = a), dose-aware only. The input's noise is
+            the normal-dose scan's plus the added noise, with variances in the ratio a : 1 - a. If K removed all
+            noise, ``"normal_dose"`` would keep exactly the normal-dose noise level (sqrt(a) of the input's) with
+            the input's own texture, and ``"mmse"`` would give the least squared error to the normal-dose image,
+            whose own noise it cannot predict, at a noise level of sqrt(a) times the normal dose's (smoother).
+        noise_gain: factor on the noise channel (in the image's units) seen by the kernel predictor: 40 brings
+            noise in HU windowed over 4096 HU to about a hundredth of its HU value.
         inference_dtype: ``"float32"`` (default) or ``"bfloat16"``: in eval mode (eager, not TorchScript) run the
             backbone under ``torch.autocast`` in bfloat16; the kernel head, the softmax and Eq. 1 stay float32
             (bf16 logits, spread over ~100 a pixel, would move bright pixels by tens of HU). It moves single
@@ -114,6 +128,9 @@ class StructKPN(nn.Module):
         kernel_norm: str = "softmax",
         inference_band_rows: int = 16,
         inference_dtype: str = "float32",
+        dose_aware: bool = False,
+        output_noise: str = "normal_dose",
+        noise_gain: float = 40.0,
     ) -> None:
         super().__init__()
         if preset not in STRUCTKPN_PRESETS:
@@ -124,6 +141,8 @@ class StructKPN(nn.Module):
             raise ValueError(f"kernel_norm must be 'softmax' or 'none', got {kernel_norm!r}.")
         if inference_band_rows < 1:
             raise ValueError(f"inference_band_rows must be positive, got {inference_band_rows}.")
+        if output_noise not in ("normal_dose", "mmse"):
+            raise ValueError(f"output_noise must be 'normal_dose' or 'mmse', got {output_noise!r}.")
         if inference_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"inference_dtype must be 'float32' or 'bfloat16', got {inference_dtype!r}.")
         given = {
@@ -142,6 +161,10 @@ class StructKPN(nn.Module):
         self.kernel_norm = kernel_norm
         self.inference_band_rows = inference_band_rows
         self.inference_dtype = inference_dtype
+        self.in_channels = in_channels
+        self.dose_aware = dose_aware
+        self.output_noise = output_noise
+        self.noise_gain = float(noise_gain)
         self.features = settings["features"]
         self.num_res_blocks = settings["num_res_blocks"]
         self.head_channels = settings["head_channels"]
@@ -149,7 +172,7 @@ class StructKPN(nn.Module):
         self.downsample = settings["downsample"]
 
         width, factor = self.features, self.downsample
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU())
+        self.stem = nn.Sequential(nn.Conv2d(in_channels + (2 if dose_aware else 0), width, 3, padding=1), nn.ReLU())
         # kernel max(3, 2 * factor - 1) with "same" padding covers every pixel and gives ceil(H / factor) rows
         encode_size = max(3, 2 * factor - 1)
         self.encode = nn.Conv2d(width, width, encode_size, stride=factor, padding=encode_size // 2)
@@ -177,16 +200,38 @@ class StructKPN(nn.Module):
 
         ``x`` is used as a plain contiguous tensor: a MetaTensor (every operation through its metadata handling)
         or a strided view (a slice of a volume, as SliceInferer passes) makes inference about twice as slow.
+        Dose-aware: ``x`` is (B, C + 2, H, W) (image, noise std, dose fraction), the output (B, C, H, W).
         """
         if not torch.jit.is_scripting():
             x = _plain_tensor(x)
-        x = x.contiguous()
-        padded = pad_for_local_conv(x, self.kernel_size, "reflect")
+        image, predictor_input, identity_weight = self._split_input(x.contiguous())
+        padded = pad_for_local_conv(image, self.kernel_size, "reflect")
         if not torch.jit.is_scripting() and self.inference_dtype == "bfloat16" and not self.training:
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                features = self._features(x)
-            return self._filter(padded, features.float())
-        return self._filter(padded, self._features(x))
+                features = self._features(predictor_input)
+            filtered = self._filter(padded, features.float())
+        else:
+            filtered = self._filter(padded, self._features(predictor_input))
+        if identity_weight is None:
+            return filtered
+        # w * x + (1 - w) * Kx: Eq. 1 with the kernel w * identity + (1 - w) * K
+        return torch.lerp(filtered, image, identity_weight)
+
+    def _split_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The image to filter, the kernel predictor's input and the identity weight w (None unless dose-aware)."""
+        if not self.dose_aware:
+            return x, x, None
+        if x.shape[1] != self.in_channels + 2:
+            raise ValueError(
+                f"a dose-aware StructKPN takes {self.in_channels} image channel(s), the noise std and the dose "
+                f"fraction, got {x.shape[1]} channels."
+            )
+        image = x[:, : self.in_channels].contiguous()
+        noise = x[:, self.in_channels : self.in_channels + 1] * self.noise_gain
+        dose = x[:, self.in_channels + 1 :].clamp(0.0, 1.0)
+        predictor_input = torch.cat([image, noise, noise * torch.sqrt(1.0 - dose)], dim=1)
+        identity_weight = torch.sqrt(dose) if self.output_noise == "normal_dose" else dose
+        return image, predictor_input, identity_weight
 
     def _filter(self, padded: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """
@@ -255,13 +300,20 @@ class StructKPN(nn.Module):
     @torch.jit.export
     def predict_kernels(self, x: torch.Tensor) -> torch.Tensor:
         """
-        Normalised kernels (B, k * k, H, W) that :meth:`forward` applies to (B, C, H, W) ``x``, for visualisation.
+        Normalised kernels (B, k * k, H, W) that :meth:`forward` applies to (B, C, H, W) ``x``, for visualisation
+        (dose-aware: mixed with the identity, as applied).
 
         Tap ``(s + r) * k + t + r`` weights ``x[m - s, n - t]`` (Eq. 1), so ``kernels.view(B, k, k, H, W)``
         flipped on both kernel axes is the stencil over the neighbourhood as it lies in the image (rows
         ``m - r .. m + r`` top to bottom). Formed for the whole image: about 0.46 GB a 512 x 512 slice for k = 21.
         """
-        return self._kernels(self._features(x))
+        image, predictor_input, identity_weight = self._split_input(x)
+        kernels = self._kernels(self._features(predictor_input))
+        if identity_weight is None:
+            return kernels
+        identity = torch.zeros_like(kernels[:1, :, :1, :1])
+        identity[:, self.kernel_size * self.kernel_size // 2] = 1.0
+        return torch.lerp(kernels, identity, identity_weight)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features (B, features, H, W) at full resolution."""
@@ -279,3 +331,15 @@ class StructKPN(nn.Module):
         if self.kernel_norm == "softmax":
             return torch.softmax(logits, dim=1)
         return logits
+
+
+def dose_aware_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """
+    The weights of a single-dose StructKPN as those of a dose-aware one (``dose_aware=True``, same settings): the
+    stem gains zero weights for the two conditioning inputs, so the kernels are those of the single-dose network
+    and only the identity mix ``w`` depends on the dose. A warm start for training; other tensors are shared.
+    """
+    converted = dict(state_dict)
+    stem = state_dict["stem.0.weight"]  # (features, in_channels, 3, 3)
+    converted["stem.0.weight"] = torch.cat([stem, stem.new_zeros(stem.shape[0], 2, *stem.shape[2:])], dim=1)
+    return converted

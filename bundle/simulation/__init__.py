@@ -11,6 +11,7 @@ from .low_dose import (
     out_of_field_mask,
     simulate_low_dose,
 )
+from .dose_noise import RandDoseNoised, added_noise_scale
 from .paired import (
     NDCT_FOLDER,
     UID_ENTROPY_TAG,
@@ -36,7 +37,9 @@ __all__ = [
     "ImageQualityPhantom",
     "LowDoseSimulator",
     "PhantomScans",
+    "RandDoseNoised",
     "SimulateLowDosed",
+    "added_noise_scale",
     "add_simulator_arguments",
     "copy_atomically",
     "derivation_description",

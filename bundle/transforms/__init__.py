@@ -1,2 +1,3 @@
 from .ct import ValidateCTImaged
 from .statistics import GradientStatistics, GradientStatisticsd
+from .noise_level import NOISE_BIAS_ON_FBP_NOISE, AddDoseConditiond, local_noise_std
