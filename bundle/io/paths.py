@@ -99,12 +99,13 @@ def find_ct_inputs(
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         items += _folder_inputs(root, Path(folder), sorted(Path(folder) / f for f in files if not f.startswith(".")))
-    if not any("skipped" not in item for item in items):
-        raise FileNotFoundError(f"{root}: no DICOM series or NIfTI files found (searched recursively)")
     items.sort(key=lambda item: _first(item["image"]))
     for item in items:
         if "skipped" in item:
             logger.warning("skipped %s: %s", item["source"], item["skipped"])
+    if not any("skipped" not in item for item in items):
+        skipped = f" ({len(items)} groups of files skipped, see the warnings)" if items else ""
+        raise FileNotFoundError(f"{root}: no DICOM series or NIfTI files found (searched recursively){skipped}")
     return items
 
 
