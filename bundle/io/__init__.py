@@ -35,3 +35,4 @@ from .layouts import (
     tcia_ldct_pairs,
 )
 from .atomic import atomic_output, remove_stale_partials
+from .exposure import exposure_dose_fractions, exposure_mas

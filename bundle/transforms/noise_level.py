@@ -11,6 +11,9 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
+from bundle.io.ct_dicom import SOURCE_FILES_KEY, CTInputError
+from bundle.io.exposure import exposure_dose_fractions
+
 __all__ = ["NOISE_BIAS_ON_FBP_NOISE", "AddDoseConditiond", "local_noise_std"]
 
 # 3 x 3 Laplacian difference mask (Immerkaer 1996): zero on planes, sum of squared taps 36.
@@ -93,17 +96,21 @@ class AddDoseConditiond(MapTransform):
 
     - channel 0: the image;
     - channel 1: :func:`local_noise_std` of the image, per slice (the last axis of a volume), in the image's units;
-    - channel 2: the dose fraction of the scan, constant: the dose of the input as a fraction of the dose whose
-      noise the output should keep (0.25 = quarter dose; 1.0 asks for the input back).
+    - channel 2: the dose fraction of the scan, constant per slice: the dose of the input as a fraction of the
+      dose whose noise the output should keep (0.25 = quarter dose; 1.0 asks for the input back).
 
-    The dose fraction is ``d[dose_key]`` when the item has it (a datalist entry's ``dose_fraction``, or one read
-    from the DICOM header), else ``dose_fraction``.
+    The dose fraction is ``d[dose_key]`` when the item has it (a datalist entry's ``dose_fraction``); else, when
+    ``reference_exposure_mas`` is given, each slice's exposure from its DICOM header over that reference
+    (:func:`bundle.io.exposure_dose_fractions`: per slice, so tube current modulation is followed); else
+    ``dose_fraction``.
 
     Args:
         keys: keys of the images.
         dose_fraction: the dose fraction when the item has none, in (0, 1].
         dose_key: item key that may hold the dose fraction (None: always ``dose_fraction``).
         block_size: block side of :func:`local_noise_std`, in pixels.
+        reference_exposure_mas: exposure (mAs) of the dose whose noise the output should keep, to read each DICOM
+            slice's dose fraction from its exposure tags (None: not read).
 
     Example::
 
@@ -116,12 +123,14 @@ class AddDoseConditiond(MapTransform):
         dose_fraction: float = 0.25,
         dose_key: str | None = "dose_fraction",
         block_size: int = 16,
+        reference_exposure_mas: float | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.dose_fraction = self._checked(dose_fraction, "dose_fraction")
         self.dose_key = dose_key
         self.block_size = block_size
+        self.reference_exposure_mas = reference_exposure_mas
 
     @staticmethod
     def _checked(value: object, name: str) -> float:
@@ -132,15 +141,28 @@ class AddDoseConditiond(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
-        dose = self.dose_fraction
-        if self.dose_key is not None and d.get(self.dose_key) is not None:
-            dose = self._checked(d[self.dose_key], self.dose_key)
         for key in self.key_iterator(d):
-            d[key] = self.condition(d[key], dose)
+            d[key] = self.condition(d[key], self._dose(d, d[key]))
         return d
 
-    def condition(self, img: NdarrayOrTensor, dose_fraction: float) -> NdarrayOrTensor:
-        """(1, H, W[, D]) ``img`` -> (3, H, W[, D]): image, local noise std, dose fraction (type of ``img``)."""
+    def _dose(self, d: Mapping[Hashable, object], img: NdarrayOrTensor) -> float | torch.Tensor:
+        if self.dose_key is not None and d.get(self.dose_key) is not None:
+            return self._checked(d[self.dose_key], self.dose_key)
+        if self.reference_exposure_mas is None:
+            return self.dose_fraction
+        files = img.meta.get(SOURCE_FILES_KEY) if isinstance(img, MetaTensor) else None
+        slices = img.shape[-1] if img.ndim == 4 else 1
+        if not files or len(files) != slices:
+            name = img.meta.get("filename_or_obj", "<image>") if isinstance(img, MetaTensor) else "<image>"
+            raise CTInputError(
+                name, f"reference_exposure_mas is set but the image has {slices} slices and "
+                f"{len(files or [])} source DICOM files: per-slice exposures need one DICOM file per slice"
+            )
+        return torch.tensor(exposure_dose_fractions(files, self.reference_exposure_mas), dtype=torch.float32)
+
+    def condition(self, img: NdarrayOrTensor, dose_fraction: float | torch.Tensor) -> NdarrayOrTensor:
+        """(1, H, W[, D]) ``img`` -> (3, H, W[, D]): image, local noise std, dose fraction (a number, or one per
+        slice of a volume), in the type of ``img``."""
         if img.ndim not in (3, 4) or img.shape[0] != 1:
             raise ValueError(f"expected a channel-first image (1, H, W) or (1, H, W, D), got {tuple(img.shape)}.")
         image = convert_to_tensor(img, dtype=torch.float32, track_meta=False)
@@ -148,7 +170,8 @@ class AddDoseConditiond(MapTransform):
         slices = image.movedim(-1, 0) if image.ndim == 4 else image
         noise = local_noise_std(slices, self.block_size)
         noise = noise.movedim(0, -1) if image.ndim == 4 else noise
-        conditioned = torch.cat([image, noise, torch.full_like(image, dose_fraction)], dim=0)
+        dose = torch.as_tensor(dose_fraction, dtype=image.dtype).expand_as(image)  # a slice's value on its last axis
+        conditioned = torch.cat([image, noise, dose], dim=0)
         if isinstance(img, MetaTensor):
             return MetaTensor(conditioned, meta=img.meta, applied_operations=img.applied_operations)
         return convert_to_dst_type(conditioned, dst=img)[0]
