@@ -1,4 +1,5 @@
-"""Stationary wavelet transform against PyWavelets and Parseval's identity; WavResNet residual behaviour."""
+"""Stationary wavelet transform against PyWavelets and Parseval's identity; WavResNet starts as the identity and
+learns a wavelet-domain residual."""
 
 from __future__ import annotations
 
@@ -51,15 +52,80 @@ def test_output_shape_for_odd_sizes(shape):
     assert small_wavresnet()(image).shape == image.shape
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_zeroed_noise_head_is_identity(training):
-    torch.manual_seed(0)
-    net = small_wavresnet().train(training)
+def randomised_noise_head(net: WavResNet) -> WavResNet:
+    """The network as after some training: a non-zero noise head (it starts at zero)."""
     with torch.no_grad():
-        net.noise.weight.zero_()
-        net.noise.bias.zero_()
+        net.noise.weight.normal_(0.0, 0.1)
+        net.noise.bias.normal_(0.0, 0.1)
+    return net
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_untrained_network_is_exactly_the_identity(training):
+    torch.manual_seed(0)
     image = torch.rand(2, 1, 29, 35)
-    torch.testing.assert_close(net(image), image, rtol=0, atol=1e-5)
+    for net in (small_wavresnet(), WavResNet()):
+        net.train(training)
+        assert not net.noise.weight.any() and not net.noise.bias.any()
+        with torch.no_grad():
+            torch.testing.assert_close(net(image), image, rtol=0, atol=0)
+
+
+def test_output_is_input_minus_the_inverse_transform_of_the_predicted_noise():
+    torch.manual_seed(0)
+    net = randomised_noise_head(small_wavresnet()).eval()
+    image = torch.rand(1, 1, 24, 26)
+    with torch.no_grad():
+        coefficients = net.wavelet(image)
+        features = [net.head(coefficients)]
+        for block in net.blocks:
+            features.append(block(features[-1]))
+        noise = net.noise(net.fuse(torch.cat(features, dim=1))) * net.noise_scale
+        expected = net.wavelet.inverse(coefficients - noise)  # the residual in the wavelet domain
+        torch.testing.assert_close(net(image), expected, rtol=0, atol=1e-6)
+        assert (net(image) - image).abs().max() > 1e-3
+
+
+def test_first_step_fits_the_wavelet_coefficients_of_the_error():
+    """At the identity, the MSE gradient of the noise head's bias is ``noise_scale`` times the band-wise sum of the
+    error's coefficients (the inverse transform's adjoint is the analysis), and one small step lowers the loss."""
+    torch.manual_seed(0)
+    net = small_wavresnet().double()
+    clean = torch.rand(2, 1, 20, 22, dtype=torch.float64)
+    noisy = clean + 0.05 * torch.randn_like(clean)
+    loss = torch.nn.functional.mse_loss(net(noisy), clean)
+    loss.backward()
+    expected = -2.0 / clean.numel() * net.noise_scale * net.wavelet(noisy - clean).sum(dim=(0, 2, 3))
+    torch.testing.assert_close(net.noise.bias.grad, expected, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter -= 0.1 * parameter.grad
+        assert torch.nn.functional.mse_loss(net(noisy), clean) < loss
+
+
+def test_first_adam_step_moves_the_image_by_about_noise_scale_times_the_learning_rate():
+    """Adam's first step moves each head weight by lr, so the output moves by at most
+    noise_scale * lr * (sum of the head's |inputs| at a pixel) (bias included); it stays a small fraction of the
+    noise when noise_scale is 0.01, while without the scale it is 100 times larger."""
+    torch.manual_seed(0)
+    image = 0.3 + 0.01 * torch.randn(4, 1, 32, 32)
+    target = torch.full_like(image, 0.3)
+    moves = {}
+    for scale in (1.0, 0.01):
+        torch.manual_seed(1)
+        net = WavResNet(levels=2, features=16, num_blocks=2, convs_per_block=2, noise_scale=scale)
+        optimiser = torch.optim.Adam(net.parameters(), lr=2e-4)
+        torch.nn.functional.mse_loss(net(image), target).backward()
+        optimiser.step()
+        with torch.no_grad():
+            moves[scale] = (net(image) - image).abs().mean().item()
+    assert moves[0.01] < 0.1 * 0.01  # a tenth of the noise
+    assert moves[1.0] == pytest.approx(100 * moves[0.01], rel=0.05)
+
+
+def test_non_positive_noise_scale_is_rejected():
+    with pytest.raises(ValueError, match="noise_scale"):
+        WavResNet(noise_scale=0.0)
 
 
 def test_default_parameter_count():
@@ -68,7 +134,7 @@ def test_default_parameter_count():
 
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    net = small_wavresnet()
+    net = randomised_noise_head(small_wavresnet())  # at zero, the head stops the first step's gradient to the body
     image, target = torch.rand(2, 1, 24, 26), torch.rand(2, 1, 24, 26)
     torch.nn.functional.mse_loss(net(image), target).backward()
     for name, parameter in net.named_parameters():
@@ -78,6 +144,6 @@ def test_gradients_reach_every_parameter():
 
 def test_torchscript_matches_eager():
     torch.manual_seed(0)
-    net = small_wavresnet().eval()
+    net = randomised_noise_head(small_wavresnet()).eval()
     image = torch.rand(1, 1, 27, 30)
     torch.testing.assert_close(torch.jit.script(net)(image), net(image))

@@ -115,10 +115,25 @@ class WavResNet(nn.Module):
 
     ``image -> stationary wavelet coefficients -> conv-BN-ReLU head -> num_blocks residual blocks
     (each convs_per_block conv-BN-ReLU units and a bypass) -> concatenate head and block outputs
-    -> 1x1 conv-BN-ReLU fusion -> 3x3 conv predicting the coefficient noise -> coefficients - noise
-    -> inverse transform``. See the module docstring for the differences from the contourlet original.
+    -> 1x1 conv-BN-ReLU fusion -> 3x3 conv predicting the coefficient noise (times ``noise_scale``)
+    -> coefficients - noise -> inverse transform``. See the module docstring for the differences from the
+    contourlet original.
 
-    With a zeroed final convolution the network is the identity. With the defaults it has 477,066 parameters.
+    The final convolution starts at zero, so the untrained network is exactly the identity and training starts
+    from the low-dose input; the noise is subtracted as ``x - inverse(noise)``, equal to
+    ``inverse(coefficients - noise)`` (the inverse is linear and reconstructs exactly), which keeps that identity
+    free of reconstruction round-off. With PyTorch's default initialisation instead, the untrained network moved a
+    64 x 64 patch by about 900 HU on average (training mode; 180 HU in eval mode), and WavResNet trained on the
+    development benchmark's budget ended 8 dB below its input.
+
+    The noise head's output is multiplied by ``noise_scale`` (image units per unit output; 1.0, as published, by
+    default). Adam moves every weight by about the learning rate per step whatever its gradient, and the head sums
+    ``9 * features`` unit-sized inputs: at lr 2e-4 and ``noise_scale=1`` the first step moved 64 x 64 sample patches
+    by 119 HU on average (their noise: 19 HU; the loss rose 21 times), 1.2 HU at ``noise_scale=0.01``. On the
+    sample data (60 steps of 16 patches, MSE) the validation PSNR at 1.0 dipped below the input's 28.84 dB before
+    ending at 29.64 dB (epoch 30); at 0.01 it never fell below the input but had gained only 0.035 dB by epoch 15.
+    Tune it with the learning rate on validation data.
+    With the defaults it has 477,066 parameters.
 
     Args:
         in_channels: image channels (input and output).
@@ -127,6 +142,7 @@ class WavResNet(nn.Module):
         num_blocks: number of residual blocks.
         convs_per_block: conv-BN-ReLU units in each residual block.
         wavelet: orthogonal PyWavelets wavelet name.
+        noise_scale: image units of one unit of the noise head's output (1.0: none, as published).
 
     Example::
 
@@ -143,8 +159,12 @@ class WavResNet(nn.Module):
         num_blocks: int = 4,
         convs_per_block: int = 3,
         wavelet: str = "haar",
+        noise_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if noise_scale <= 0:
+            raise ValueError(f"noise_scale must be positive, got {noise_scale}.")
+        self.noise_scale = float(noise_scale)
         self.wavelet = StationaryWavelet2d(wavelet, levels)
         coefficient_channels = in_channels * self.wavelet.bands_per_channel
         self.head = Convolution(2, coefficient_channels, features, kernel_size=3, act="RELU", norm="BATCH")
@@ -156,6 +176,8 @@ class WavResNet(nn.Module):
         )
         self.fuse = Convolution(2, features * (num_blocks + 1), features, kernel_size=1, act="RELU", norm="BATCH")
         self.noise = nn.Conv2d(features, coefficient_channels, kernel_size=3, padding=1)
+        nn.init.zeros_(self.noise.weight)
+        nn.init.zeros_(self.noise.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Denoise ``x`` of shape (B, C, H, W), windowed CT in [0, 1]; returns the same shape."""
@@ -165,5 +187,5 @@ class WavResNet(nn.Module):
         for block in self.blocks:
             features = block(features)
             collected.append(features)
-        noise = self.noise(self.fuse(torch.cat(collected, dim=1)))
-        return self.wavelet.inverse(coefficients - noise)
+        noise = self.noise(self.fuse(torch.cat(collected, dim=1))) * self.noise_scale
+        return x - self.wavelet.inverse(noise)
