@@ -13,14 +13,12 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
 from dicom_factory import phantom_hu, write_ct_slice, write_enhanced_ct
-from monai.bundle import ConfigParser
 from monai.transforms import LoadImage
 from pydicom import config as pydicom_config
 from pydicom.pixels import get_encoder
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless, generate_uid
-from test_workflows import CONFIGS, tree_digest, workflow
+from test_workflows import near_identity_checkpoint, tree_digest, workflow
 
 from bundle.io import CTDicomReader, CTInputError, SaveCTSeriesd, find_ct_inputs
 
@@ -29,24 +27,9 @@ GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacin
 KEPT_TAGS = ("PatientID", "PatientName", "StudyInstanceUID", "Modality", "InstanceNumber", "RescaleIntercept")
 
 
-def config_identity_checkpoint(path: Path, centre_logit: float = 60.0) -> Path:
-    """``near_identity_checkpoint`` for the network that inference.json builds now (its network_def, e.g. with
-    extra input channels), so these tests follow the config's network on disk."""
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    net = parser.get_parsed_content("network_def")
-    last = net.head[-1]  # the 1x1 convolution giving the k*k kernel logits
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.zero_()
-        last.bias[net.kernel_size**2 // 2] = centre_logit
-    torch.save(net.state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def identity_ckpt(tmp_path_factory) -> Path:
-    return config_identity_checkpoint(tmp_path_factory.mktemp("ckpt") / "identity.pt")
+    return near_identity_checkpoint(tmp_path_factory.mktemp("ckpt") / "identity.pt")
 
 
 def run_inference(ckpt: Path, dataset_dir: Path, output_dir: Path, **overrides) -> None:

@@ -1,6 +1,6 @@
 """Inference on hostile but realistic inputs (issue 15): each case is built with pydicom and run through inference.json.
 
-The identity network (see ``config_identity_checkpoint``) makes every output checkable against its input exactly.
+The identity network (see ``near_identity_checkpoint``) makes every output checkable against its input exactly.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from monai.transforms import LoadImage
 from pydicom.fileset import FileSet
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
-from test_dicom_output import config_identity_checkpoint, run_inference, slice_hu, stored_hu, write_series
-from test_workflows import CONFIGS, LOGGING, META, REPO, tree_digest
+from test_dicom_output import run_inference, slice_hu, stored_hu, write_series
+from test_workflows import CONFIGS, LOGGING, META, REPO, near_identity_checkpoint, tree_digest
 
 from bundle.engines import InferenceFailed
 from bundle.io import CTDicomReader, CTInputError, OutputDirError, SaveCTSeriesd, find_ct_inputs
@@ -31,7 +31,7 @@ from bundle.io import CTDicomReader, CTInputError, OutputDirError, SaveCTSeriesd
 
 @pytest.fixture(scope="module")
 def identity_ckpt(tmp_path_factory) -> Path:
-    return config_identity_checkpoint(tmp_path_factory.mktemp("ckpt") / "identity.pt")
+    return near_identity_checkpoint(tmp_path_factory.mktemp("ckpt") / "identity.pt")
 
 
 @pytest.fixture
@@ -362,7 +362,7 @@ def test_identical_rerun_is_idempotent_and_new_weights_give_a_new_series(tmp_pat
     first = tree_digest(out)
     run_inference(identity_ckpt, data, out)
     assert tree_digest(out) == first  # same UIDs, same bytes: a PACS sees the same series again
-    other_ckpt = config_identity_checkpoint(tmp_path / "other.pt", centre_logit=61.0)  # other weights, same output
+    other_ckpt = near_identity_checkpoint(tmp_path / "other.pt", centre_logit=61.0)  # other weights, same output
     run_inference(other_ckpt, data, tmp_path / "out_other")
     run_inference(identity_ckpt, data, tmp_path / "out_window", hu_window=[-1024, 3071])
     uids = {
@@ -437,8 +437,10 @@ def test_refused_run_and_bugs_end_with_the_problem(tmp_path, identity_ckpt, caps
     capsys.readouterr()
     sys.excepthook(type(raised.value), raised.value, raised.value.__traceback__)
     printed = capsys.readouterr().err
-    assert printed == f"error: {data / 'out'}: output_dir is inside dataset_dir {data}; its outputs would be read back " \
-        "as inputs by the next run: choose an output_dir outside dataset_dir\n"
+    assert printed == (
+        f"error: {data / 'out'}: output_dir is inside dataset_dir {data}; its outputs would be read back as inputs "
+        "by the next run: choose an output_dir outside dataset_dir\n"
+    )
     try:  # anything else: its traceback, then its innermost cause last
         try:
             {}["missing"]

@@ -15,10 +15,12 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
+from bundle.evaluation.denoise import load_denoiser
 from bundle.io import read_ct_slice
 from bundle.networks import StructKPN
+from bundle.transforms import AddDoseConditiond
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -50,14 +52,17 @@ def psnr_in_window(pred_hu: np.ndarray, label_hu: np.ndarray, window=(-160.0, 24
     return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
 
 
-def near_identity_checkpoint(path: Path) -> Path:
-    """A StructKPN whose kernels are (to float precision) the centre tap: output = input."""
-    net = StructKPN()
+def near_identity_checkpoint(path: Path, centre_logit: float = 60.0) -> Path:
+    """The StructKPN that inference.json builds (its network_def, e.g. dose-aware), with kernels that are (to float
+    precision) the centre tap: output = input."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    net = parser.get_parsed_content("network_def")
     last = net.head[-1]  # the 1x1 convolution giving the k*k kernel logits
     with torch.no_grad():
         last.weight.zero_()
         last.bias.zero_()
-        last.bias[net.kernel_size**2 // 2] = 60.0
+        last.bias[net.kernel_size**2 // 2] = centre_logit
     torch.save(net.state_dict(), path)
     return path
 
@@ -93,7 +98,9 @@ def test_training_saves_best_model_and_resumable_state(trained):
     assert trainer.state.iteration == 2 * int(np.ceil(n_train / 2))
     assert np.isfinite(trainer.state.output[0]["loss"])
     state = torch.load(out / "models" / "model.pt", map_location="cpu")
-    assert set(state) == set(StructKPN().state_dict())  # a plain state dict, loadable by inference.json
+    network = load_denoiser(CONFIGS / "inference.json", out / "models" / "model.pt").network  # strict: keys, shapes
+    assert isinstance(network, StructKPN) and network.dose_aware
+    assert set(state) == set(network.state_dict())  # a plain state dict, loadable by inference.json
     assert (out / "models" / "training_final.pt").is_file()
     assert list((out / "eval").glob("events.out.tfevents*")), "TensorBoard log written"
 
@@ -192,10 +199,10 @@ def test_command_line_verify_and_export(trained, tmp_path):
         check=True, cwd=REPO, env=env,
     )
     scripted = torch.jit.load(str(exported))
-    net = StructKPN()
-    net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
-    net.eval()
-    x = torch.rand(1, 1, 40, 52)
+    net = load_denoiser(CONFIGS / "inference.json", out / "models" / "model.pt").network
+    # the dose-aware network's input: a windowed image, its local noise std and the dose fraction
+    x = AddDoseConditiond(keys="image", dose_fraction=0.25)({"image": torch.rand(1, 40, 52)})["image"][None]
+    assert x.shape == (1, 3, 40, 52)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x), atol=1e-5, rtol=1e-5)
 
@@ -227,4 +234,5 @@ def test_multi_gpu_config_runs_ddp_on_cpu_with_gloo(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
-    assert set(state) == set(StructKPN().state_dict())  # saved unwrapped from DistributedDataParallel
+    network = load_denoiser(CONFIGS / "inference.json", tmp_path / "models" / "model.pt").network  # strict load
+    assert set(state) == set(network.state_dict())  # saved unwrapped from DistributedDataParallel
