@@ -43,11 +43,15 @@ def main() -> None:
     parser.add_argument("--dose_fractions", type=float, nargs="+", default=list(DOSE_FRACTIONS))
     parser.add_argument("--slice_step", type=int, default=4, help="every n-th slice of each block")
     parser.add_argument("--bm3d_slice_step", type=int, default=2, help="BM3D on every n-th evaluated slice")
+    parser.add_argument("--cache_dir", type=Path, help="keep the simulated low-dose slices here (reused on reruns)")
+    parser.add_argument("--simulate_only", action="store_true", help="only fill --cache_dir")
     args = parser.parse_args()
 
-    denoise = load_denoiser(args.config_file, args.ckpt_path)
+    denoise = None if args.simulate_only else load_denoiser(args.config_file, args.ckpt_path)
     rows = evaluate_blocks(denoise, args.datalist, args.results, args.dose_fractions, args.slice_step,
-                           bm3d_slice_step=args.bm3d_slice_step)
+                           bm3d_slice_step=args.bm3d_slice_step, cache_dir=args.cache_dir)
+    if denoise is None:
+        return
     summary = summarise(rows)
     text = report_markdown(summary)
     print(text)

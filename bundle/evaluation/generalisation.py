@@ -107,8 +107,27 @@ def _write_rows(path: Path, rows: Sequence[dict]) -> None:
             writer.writerows(rows)
 
 
+def simulated_low_dose(entry: dict, dose: float, ct, seed: int, simulator: LowDoseSimulator,
+                       cache_dir: os.PathLike | str | None = None) -> np.ndarray:
+    """The low-dose HU of a held-out slice at ``dose`` (seeded by the slice and the dose), kept in ``cache_dir``
+    (one ``.npy`` per slice and dose) when given, so a rerun or another model is scored on the very same noise."""
+    cached = None
+    if cache_dir is not None:
+        cached = Path(cache_dir) / f"{entry['block']}-{Path(entry['label']).stem}-seed{seed}-dose{dose:g}.npy"
+        if cached.exists():
+            return np.load(cached)
+    rng = slice_rng(seed, str(ct.dataset.SOPInstanceUID), dose)
+    low_dose = simulator(ct.hu.astype(np.float32), dose, float(ct.dataset.PixelSpacing[0]), ct.padding, rng=rng)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(cached) as temporary:
+            with open(temporary, "wb") as f:
+                np.save(f, low_dose)
+    return low_dose
+
+
 def evaluate_blocks(
-    denoise: Denoise,
+    denoise: Denoise | None,
     datalist: os.PathLike | str,
     results_csv: os.PathLike | str,
     dose_fractions: Sequence[float] = DOSE_FRACTIONS,
@@ -118,12 +137,13 @@ def evaluate_blocks(
     bm3d_slice_step: int = 2,
     seed: int = 1000,
     simulator: LowDoseSimulator | None = None,
+    cache_dir: os.PathLike | str | None = None,
 ) -> list[dict]:
     """
     Score ``denoise(low_dose_hu, dose_fraction)`` and its input on every ``slice_step``-th test slice of each block
     of ``datalist`` at each dose; BM3D with the true noise spectrum too at ``bm3d_dose_fractions`` on every
     ``bm3d_slice_step``-th of those slices of ``bm3d_anatomies``. One row per (slice, dose) in ``results_csv``
-    (kept and skipped on a rerun). Returns all rows.
+    (kept and skipped on a rerun). Returns all rows. With ``denoise`` None, only simulates into ``cache_dir``.
     """
     results_csv = Path(results_csv)
     rows = read_rows(results_csv)
@@ -136,13 +156,16 @@ def evaluate_blocks(
         if not pending:
             continue
         ct = read_ct_slice(entry["label"])
-        spacing = float(ct.dataset.PixelSpacing[0])
         reference = ct.hu.astype(np.float32)
+        if denoise is None:
+            for dose in pending:
+                simulated_low_dose(entry, dose, ct, seed, simulator, cache_dir)
+            print(f"{entry['block']} {Path(entry['label']).name}: simulated {len(pending)} doses", flush=True)
+            continue
         rois = place_flat_rois(reference)
         windows = {"paper": PAPER_WINDOW_HU, "own": ANATOMY_WINDOWS_HU[entry["anatomy"]], "brain": BRAIN_WINDOW_HU}
         for dose in pending:
-            rng = slice_rng(seed, str(ct.dataset.SOPInstanceUID), dose)
-            low_dose = simulator(reference, dose, spacing, padding=ct.padding, rng=rng)
+            low_dose = simulated_low_dose(entry, dose, ct, seed, simulator, cache_dir)
             output = denoise(low_dose, dose)
             row = {
                 "block": entry["block"], "anatomy": entry["anatomy"], "kernel": entry["kernel"],
