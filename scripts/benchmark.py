@@ -10,8 +10,9 @@
 2. Evaluates every method, each in its own process (clean peak memory), on the test slices at ``--dose``, and
    at every other dose of the split for ``--dose_methods``: PSNR and SSIM per slice in the paper's window
    ([-160, 240] HU) and the chest window (centre -600, width 1500 HU), both mapped to [0, 1]; seconds per slice;
-   peak resident memory beyond the loaded model and data. Results go to ``output_dir/results/<method>.json``;
-   finished methods are skipped when rerun.
+   peak resident memory beyond the loaded model and data. A dose-aware StructKPN (train.json's default) gets its
+   conditioning channels at each slice's ``dose_fraction`` (timed with it), the baselines the image alone.
+   Results go to ``output_dir/results/<method>.json``; finished methods are skipped when rerun.
 3. Writes ``--report`` (Markdown), a CSV and PNG figures beside it (in ``<report stem>/``): the comparison grid
    with a zoomed region, the structure-aware loss map, predicted kernels at a flat region, an edge and fine
    structure, and PSNR against dose.
@@ -39,7 +40,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,16 @@ def _bundle_args(method: Method) -> list[str]:
     for key, value in method.overrides.items():
         args += [f"--{key}", str(value)]
     return args
+
+
+def _conditioning(parser) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """The network input from a windowed (1, H, W) image at a dose fraction, as train.json's validation makes it:
+    (3, H, W) for a dose-aware StructKPN (:class:`~bundle.transforms.AddDoseConditiond`), the image itself for a
+    single-channel network (``dose_aware: false``)."""
+    from monai.transforms import Compose
+
+    condition = Compose(parser.get_parsed_content("validate#conditioning_transforms"))
+    return lambda image, dose_fraction: condition({"image": image, "dose_fraction": dose_fraction})["image"]
 
 
 def _parser_for(method: Method, extra: dict | None = None):
@@ -180,37 +191,39 @@ def evaluate(method: Method, args: argparse.Namespace, weights: Path | None, out
     base = args.datalist.parent
     slices = [load({"image": str(base / e["image"]), "label": str(base / e["label"])}) for e in entries]
 
+    # every denoiser maps the windowed (1, H, W) image at its dose fraction to the (1, H, W) denoised image
     if method.kind == "learned":
         network = parser.get_parsed_content("network_def")
         network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         network.eval()
+        condition = _conditioning(parser)  # timed with the network: part of a dose-aware model's inference
 
-        def denoise(image: torch.Tensor) -> torch.Tensor:
+        def denoise(image: torch.Tensor, dose_fraction: float) -> torch.Tensor:
             with torch.inference_mode():
-                return network(image[None].as_tensor())[0]
+                return network(torch.as_tensor(condition(image, dose_fraction))[None])[0]
 
     elif method.name == "bm3d":
         from bundle.baselines.bm3d import bm3d_denoise
 
-        def denoise(image: torch.Tensor) -> torch.Tensor:
+        def denoise(image: torch.Tensor, dose_fraction: float) -> torch.Tensor:
             return torch.from_numpy(bm3d_denoise(image.as_tensor()[0].numpy().astype(np.float64))[None]).float()
 
     elif method.name == "ksvd":
         from bundle.baselines.ksvd import ksvd_denoise
 
-        def denoise(image: torch.Tensor) -> torch.Tensor:
+        def denoise(image: torch.Tensor, dose_fraction: float) -> torch.Tensor:
             return torch.from_numpy(ksvd_denoise(image.as_tensor()[0].numpy().astype(np.float64), random_state=0)[None]).float()
 
     else:
 
-        def denoise(image: torch.Tensor) -> torch.Tensor:
+        def denoise(image: torch.Tensor, dose_fraction: float) -> torch.Tensor:
             return image.as_tensor().clone()
 
     rows = []
     with PeakMemorySampler() as memory:
         for entry, data in zip(entries, slices):
             start = time.perf_counter()
-            prediction = denoise(data["image"])
+            prediction = denoise(data["image"], entry["dose_fraction"])
             seconds = time.perf_counter() - start
             to_hu = lambda x: torch.as_tensor(x)[0].float() * (high - low) + low  # noqa: E731
             prediction_hu, reference_hu = to_hu(prediction), to_hu(data["label"])
@@ -342,8 +355,8 @@ def kernel_figure(args: argparse.Namespace, weights: Path, selection: dict, path
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     network.eval()
+    image = torch.as_tensor(_conditioning(parser)(data["image"], figure_entry["dose_fraction"]))[None]
     with torch.inference_mode():
-        image = data["image"].as_tensor()[None]
         kernels = network.predict_kernels(image)[0]
     label = data["label"].as_tensor()
     strength, coherence = gradient_statistics(label[None].double())[0].float().numpy()

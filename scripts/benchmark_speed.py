@@ -9,16 +9,20 @@ do (:func:`~bundle.utils.retain_freed_memory`), except ``local_conv_*`` and ``sl
 - ``local_conv_*``: the local convolution alone, forward and backward of one 512 x 512 image with k = 21, ours
   (:func:`~bundle.layers.local_conv.local_conv2d`) and the naive unfold version; memory beyond the inputs and the
   kernel tensor, as a multiple of the kernel tensor.
-- ``slice_*``: one real 512 x 512 CT slice from DICOM to denoised HU (read, HU, window, network, HU): median
-  seconds over ``--repeats`` after a warm-up, and peak resident memory beyond the imported libraries (model,
-  data, kernel prediction, local convolution and HU round trip included). Variants of the shipped model: eager
+- ``slice_*``: one real 512 x 512 CT slice from DICOM to denoised HU (read, HU, window, dose conditioning for a
+  dose-aware network, network, HU): median seconds over ``--repeats`` after a warm-up, and peak resident memory
+  beyond the imported libraries (model, data, conditioning, kernel prediction, local convolution and HU round trip
+  included). StructKPN is built as ``configs/inference.json`` builds it (``network_def``, dose-aware by default,
+  conditioned by :class:`~bundle.transforms.AddDoseConditiond` at its ``dose_fraction``). Variants of the shipped
+  model: eager
   (the bundle's path, band by band), the whole-slice reference path (all kernels formed at once, as in training),
   TorchScript (``models/model.ts``), ``inference_dtype="bfloat16"``, ``torch.compile`` (backbone and band), one
   thread, glibc's default allocator settings; the authors' preset and RED-CNN (random weights: their time does not depend on the weights); BM3D on
   the same slice.
   Output differences are max |HU| against the eager path, PSNR in the paper's window against the normal-dose slice.
-- ``stages_lite``: where one slice's time goes in the shipped network: the backbone, and the bands (head,
-  softmax and Eq. 1) against the same work done as before (``Conv2d`` head, ``torch.softmax``, 441-tap loop).
+- ``stages_lite``: where one slice's time goes in the shipped network: the dose conditioning (none for a
+  single-dose network), the backbone, and the bands (head, softmax and Eq. 1) against the same work done as before
+  (``Conv2d`` head, ``torch.softmax``, 441-tap loop).
 - ``--rounds N`` runs the whole list N times and pools each case's timings: the shared host has slow spells of
   minutes, and rounds spread them over all cases instead of letting one case's process fall into one.
 - ``series_*``: the bundle's ``inference.json`` on a whole series (DICOM in, DICOM out), slices per second.
@@ -87,16 +91,41 @@ def _timed(function: Callable[[], object], repeats: int) -> tuple[list[float], o
     return times, result
 
 
-def _network(variant: str, device: torch.device) -> torch.nn.Module:
-    from bundle.networks import REDCNN, StructKPN
+def _inference_config(**overrides: object):
+    """``configs/inference.json`` as a MONAI ConfigParser, with ``overrides`` (keys as on the command line)."""
+    from monai.bundle import ConfigParser
 
-    if variant == "authors":
-        return StructKPN(preset="authors").eval().to(device)
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs/inference.json"))
+    parser.update(overrides)
+    return parser
+
+
+def _conditioning() -> Callable[[torch.Tensor], torch.Tensor]:
+    """The dose conditioning of ``inference.json``: (1, H, W) windowed image -> (3, H, W) (image, noise std, dose)."""
+    from bundle.transforms import AddDoseConditiond
+
+    condition = AddDoseConditiond(keys="image", dose_fraction=_inference_config().get_parsed_content("dose_fraction"))
+    return lambda image: condition({"image": image})["image"]
+
+
+def _authors_network() -> torch.nn.Module:
+    """inference.json's StructKPN with the authors' preset, random weights (its time does not depend on them)."""
+    return _inference_config(**{"network_def#preset": "authors"}).get_parsed_content("network_def")
+
+
+def _network(variant: str, device: torch.device) -> torch.nn.Module:
+    """The network of a ``slice_*`` or ``stages_*`` variant; StructKPN as inference.json builds it."""
+    from bundle.networks import REDCNN
+
     if variant == "redcnn":
         return REDCNN().eval().to(device)
     if variant == "lite_torchscript":
         return torch.jit.load(str(REPO / "models/model.ts"), map_location=device).eval()
-    network = StructKPN(inference_dtype="bfloat16" if variant == "lite_bf16" else "float32")
+    if variant == "authors":
+        return _authors_network().eval().to(device)
+    dtype = "bfloat16" if variant == "lite_bf16" else "float32"
+    network = _inference_config(inference_dtype=dtype).get_parsed_content("network_def")
     network.load_state_dict(torch.load(REPO / "models/model.pt", map_location="cpu", weights_only=True))
     network = network.eval().to(device)
     if variant == "lite_compile":  # the backbone, and the head, softmax and Eq. 1 of a band (21 steps unrolled)
@@ -110,16 +139,18 @@ def _network(variant: str, device: torch.device) -> torch.nn.Module:
 
 
 class _WholeSlice(torch.nn.Module):
-    """The reference path: all k * k kernels of the slice formed at once (``predict_kernels``), then Eq. 1."""
+    """The reference path: all k * k kernels of the slice formed at once (``predict_kernels``, dose-aware: mixed
+    with the identity), then Eq. 1 on the image channels."""
 
     def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
         self.network = network
+        self.dose_aware = network.dose_aware
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         from bundle.layers import local_conv2d
 
-        return local_conv2d(image, self.network.predict_kernels(image))
+        return local_conv2d(x[:, : self.network.in_channels], self.network.predict_kernels(x))
 
 
 class _ConvHeadBands(torch.nn.Module):
@@ -129,9 +160,12 @@ class _ConvHeadBands(torch.nn.Module):
     def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
         self.network = network
+        self.dose_aware = network.dose_aware
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return _conv_head_bands(self.network, image, self.network._features(image))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image, predictor_input, identity_weight = self.network._split_input(x)
+        filtered = _conv_head_bands(self.network, image, self.network._features(predictor_input))
+        return filtered if identity_weight is None else torch.lerp(filtered, image, identity_weight)
 
 
 def _conv_head_bands(network: torch.nn.Module, image: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -176,6 +210,7 @@ def case_slice(variant: str, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     with PeakMemorySampler() as memory:  # baseline: the imported libraries only
         network = None if variant == "bm3d" else _network(variant, device)
+        condition = _conditioning() if getattr(network, "dose_aware", False) else None
 
         def denoise() -> np.ndarray:
             hu = read_ct_slice(args.slice).hu
@@ -184,7 +219,10 @@ def case_slice(variant: str, args: argparse.Namespace) -> dict:
                 from bundle.baselines.bm3d import bm3d_denoise
 
                 return bm3d_denoise(window) * (HU_WINDOW[1] - HU_WINDOW[0]) + HU_WINDOW[0]
-            image = torch.from_numpy(window.astype(np.float32))[None, None].to(device)
+            image = torch.from_numpy(window.astype(np.float32))[None]
+            if condition is not None:  # part of inference: inference.json's AddDoseConditiond
+                image = condition(image)
+            image = image[None].to(device)
             with torch.inference_mode():
                 output = network(image)
             return output[0, 0].cpu().numpy() * (HU_WINDOW[1] - HU_WINDOW[0]) + HU_WINDOW[0]
@@ -198,23 +236,26 @@ def case_slice(variant: str, args: argparse.Namespace) -> dict:
 
 
 def case_stages(variant: str, args: argparse.Namespace) -> dict:
-    """Where the time of one slice goes in the network (shipped model, eager, float32): median seconds a stage."""
+    """Where the time of one slice goes in the network (shipped model, eager, float32): median seconds a stage
+    (the dose conditioning of a dose-aware network is a stage, 0 otherwise)."""
     from bundle.io.ct_dicom import read_ct_slice
     from bundle.layers.local_conv import local_conv2d_padded, pad_for_local_conv
 
     network = _network(variant, torch.device(args.device))
     hu = read_ct_slice(args.slice).hu
-    window = np.clip((hu - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]), 0.0, 1.0)
-    image = torch.from_numpy(window.astype(np.float32))[None, None].to(args.device)
+    window = torch.from_numpy(np.clip((hu - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]), 0.0, 1.0).astype(np.float32))
+    condition = _conditioning() if network.dose_aware else lambda x: x
     rows, halo = network.inference_band_rows, network.kernel_size - 1
     with torch.inference_mode():
+        image, predictor_input, _ = network._split_input(condition(window[None])[None].to(args.device))
         padded = pad_for_local_conv(image, network.kernel_size)
-        features = network._features(image)
+        features = network._features(predictor_input)
         bands = [(features[:, :, top : top + rows], padded[:, :, top : top + rows + halo]) for top in range(0, image.shape[2], rows)]
         logits = [network.head(band) for band, _ in bands]
         kernels = [torch.softmax(band, dim=1) for band in logits]
         stages = {
-            "backbone": lambda: network._features(image),
+            "conditioning": (lambda: condition(window[None])) if network.dose_aware else (lambda: None),
+            "backbone": lambda: network._features(predictor_input),
             "bands": lambda: [network._filter_band(band, padded_band) for band, padded_band in bands],
             "conv_head": lambda: [network.head(band) for band, _ in bands],
             "softmax": lambda: [torch.softmax(band, dim=1) for band in logits],
@@ -232,10 +273,8 @@ def case_series(variant: str, args: argparse.Namespace) -> dict:
     series = args.authors_series if variant == "authors" and args.authors_series else args.series
     overrides = {"dataset_dir": str(series), "output_dir": str(args.scratch / f"series_{variant}")}
     if variant == "authors":
-        from bundle.networks import StructKPN
-
         weights = args.scratch / "authors_random.pt"
-        torch.save(StructKPN(preset="authors").state_dict(), weights)
+        torch.save(_authors_network().state_dict(), weights)
         overrides.update({"network_def#preset": "authors", "ckpt_path": str(weights)})
     workflow = ConfigWorkflow(
         config_file=str(REPO / "configs/inference.json"),
@@ -257,15 +296,22 @@ def case_series(variant: str, args: argparse.Namespace) -> dict:
 
 
 def case_train(variant: str, args: argparse.Namespace) -> dict:
+    """Training steps of StructKPN as train.json builds it (dose-aware: the conditioning channels come with the
+    patches, made by the data transforms, so they are random inputs here)."""
+    from monai.bundle import ConfigParser
+
     from bundle.losses import StructureAwareLoss
-    from bundle.networks import StructKPN
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    network = StructKPN(preset=variant).to(device).train()
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs/train.json"))
+    parser.update({"network_def#preset": variant})
+    network = parser.get_parsed_content("network_def").to(device).train()
     optimizer = torch.optim.Adam(network.parameters(), 2e-4)
     loss = StructureAwareLoss()
-    image = torch.rand(TRAIN_BATCH, 1, 64, 64, device=device)
+    channels = network.in_channels + (2 if network.dose_aware else 0)
+    image = torch.rand(TRAIN_BATCH, channels, 64, 64, device=device)
     target = torch.rand(TRAIN_BATCH, 3, 64, 64, device=device)
 
     def step() -> None:
@@ -362,9 +408,10 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
         stage = results["stages_lite"]["stages"]
         before = stage["conv_head"] + stage["softmax"] + stage["tap_loop"]
         lines.append(
-            f"| stages_lite | {stage['backbone'] + stage['bands']:.3f} | {before / stage['bands']:.1f}x faster bands "
-            f"than before | - | backbone {stage['backbone']:.3f} s + bands {stage['bands']:.3f} s (head, softmax and "
-            f"Eq. 1 of all 16-row bands); before: Conv2d head {stage['conv_head']:.3f} s + softmax "
+            f"| stages_lite | {stage['conditioning'] + stage['backbone'] + stage['bands']:.3f} | "
+            f"{before / stage['bands']:.1f}x faster bands than before | - | conditioning "
+            f"{stage['conditioning']:.3f} s + backbone {stage['backbone']:.3f} s + bands {stage['bands']:.3f} s (head, "
+            f"softmax and Eq. 1 of all 16-row bands); before: Conv2d head {stage['conv_head']:.3f} s + softmax "
             f"{stage['softmax']:.3f} s + 441-tap loop {stage['tap_loop']:.3f} s = {before:.3f} s |"
         )
     for name in ("series_lite", "series_authors"):
