@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import json
 import os
 import platform
@@ -53,9 +54,11 @@ import torch
 from bundle.utils import git_commit, windowed_quality
 
 REPO = Path(__file__).resolve().parents[1]
+SINGLE_DOSE_COMMIT = "7bf69aa"  # the last commit whose models/model.pt is the single-dose model
 HU_WINDOW = (-1024.0, 3072.0)  # the bundle's input window (configs/*.json "hu_window")
 SLICE_VARIANTS = (
     "lite",
+    "lite_single_dose",
     "lite_whole_slice",
     "lite_conv_head_bands",
     "lite_torchscript",
@@ -124,6 +127,12 @@ def _network(variant: str, device: torch.device) -> torch.nn.Module:
         return torch.jit.load(str(REPO / "models/model.ts"), map_location=device).eval()
     if variant == "authors":
         return _authors_network().eval().to(device)
+    if variant == "lite_single_dose":  # the previous shipped model (bundle 0.1.0): no dose conditioning
+        network = _inference_config(dose_aware=False).get_parsed_content("network_def")
+        weights = subprocess.run(["git", "show", f"{SINGLE_DOSE_COMMIT}:models/model.pt"], cwd=REPO, check=True,
+                                 capture_output=True).stdout
+        network.load_state_dict(torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True))
+        return network.eval().to(device)
     dtype = "bfloat16" if variant == "lite_bf16" else "float32"
     network = _inference_config(inference_dtype=dtype).get_parsed_content("network_def")
     network.load_state_dict(torch.load(REPO / "models/model.pt", map_location="cpu", weights_only=True))
@@ -389,12 +398,14 @@ def table(results: dict[str, dict], args: argparse.Namespace) -> str:
             row(name, "-")
             continue
         ratios = []
+        if variant == "lite_single_dose" and "slice_lite" in median:
+            ratios.append(f"shipped dose-aware model takes {median['slice_lite'] / median[name]:.2f}x this time")
         for peer in ("bm3d", "redcnn"):
             if f"slice_{peer}" in median and peer != variant:
                 ratios.append(f"{median[f'slice_{peer}'] / median[name]:.1f}x faster than {peer}")
         notes = []
         output_path = args.scratch / f"{name}.npy"
-        if variant != "lite" and variant not in ("authors", "redcnn") and reference.exists() and output_path.exists():
+        if variant not in ("lite", "lite_single_dose", "authors", "redcnn") and reference.exists() and output_path.exists():
             difference = np.abs(np.load(output_path) - np.load(reference)).max()
             notes.append(f"max abs diff vs eager {difference:.3g} HU")
         if truth is not None and output_path.exists() and variant not in ("authors", "redcnn"):
