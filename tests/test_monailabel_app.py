@@ -5,8 +5,8 @@ unless it is importable; run them in the separate environment described in docs/
 
     /work/dev/mlvenv/bin/python -m pytest -q tests/test_monailabel_app.py
 
-The expectation is computed here without the app: pydicom/nibabel for HU, the window written out by hand, and
-StructKPN with models/model.pt applied to each slice.
+The expectation is computed here without the app: pydicom/nibabel for HU, the window and the dose conditioning
+written out by hand, and the dose-aware StructKPN with models/model.pt applied to each slice.
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ from monailabel.config import settings  # noqa: E402
 from monailabel.utils.others.class_utils import get_class_of_subclass_from_file  # noqa: E402
 
 from bundle.networks import StructKPN  # noqa: E402
+from bundle.transforms import local_noise_std  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_DIR = ROOT / "monailabel_app"
 SERIES = ROOT / "sample_data" / "ldct-0.25" / "A0002-siemens-B40f"
 MODEL = "structkpn_denoise"
 HU_LO, HU_HI = -1024.0, 3072.0  # configs/inference.json hu_window
+DOSE_FRACTION = 0.25  # configs/inference.json dose_fraction (the request gives none)
 TOLERANCE_HU = 1e-3
 
 
@@ -63,18 +65,21 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def network():
-    net = StructKPN(kernel_size=21)
+    net = StructKPN(kernel_size=21, dose_aware=True)  # configs/inference.json network_def
     net.load_state_dict(torch.load(ROOT / "models" / "model.pt", map_location="cpu"))
     return net.eval()
 
 
 def expected_hu(network, hu_slices: np.ndarray) -> np.ndarray:
-    """(X, Y, D) HU -> the network on each windowed slice, mapped back to HU."""
+    """(X, Y, D) HU -> the network on each windowed slice, conditioned on the slice's blind local noise std and the
+    dose fraction (channels 1 and 2), mapped back to HU."""
     window = np.clip((hu_slices.astype(np.float64) - HU_LO) / (HU_HI - HU_LO), 0.0, 1.0).astype(np.float32)
     out = np.empty_like(window)
     with torch.inference_mode():
         for k in range(window.shape[-1]):
-            out[..., k] = network(torch.from_numpy(np.ascontiguousarray(window[..., k]))[None, None])[0, 0].numpy()
+            image = torch.from_numpy(np.ascontiguousarray(window[..., k]))[None, None]
+            inputs = torch.cat([image, local_noise_std(image), torch.full_like(image, DOSE_FRACTION)], dim=1)
+            out[..., k] = network(inputs)[0, 0].numpy()
     return out * np.float32(HU_HI - HU_LO) + np.float32(HU_LO)
 
 

@@ -5,8 +5,9 @@ cannot drift apart:
 
 - ``configs/inference.json`` (read with :class:`monai.bundle.ConfigParser`) gives the network (``network_def``),
   the weights (``ckpt_path``), the preprocessing (``LoadImaged`` with :class:`bundle.io.CTDicomReader`, the CT
-  checks, and the window ``hu_window`` = [-1024, 3072] HU scaled to [0, 1]), the slice-by-slice inferer
-  (``SliceInferer``), the inverse window (``postprocessing#transforms#0``) and ``retain_freed_memory``;
+  checks, the window ``hu_window`` = [-1024, 3072] HU scaled to [0, 1], and for the dose-aware network the
+  conditioning channels of :class:`bundle.transforms.AddDoseConditiond` at ``dose_fraction``), the slice-by-slice
+  inferer (``SliceInferer``), the inverse window (``postprocessing#transforms#0``) and ``retain_freed_memory``;
 - the NIfTI file is written by :class:`bundle.io.AtomicNibabelWriter` with the input's affine and shape.
 
 The bundle's DICOM series writer is not used: MONAI Label returns one file per request, so a DICOM input gives a
@@ -101,6 +102,7 @@ class StructKPNDenoise(BasicInferTask):
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         # LoadImaged(CTDicomReader) -> ValidateCTImaged -> add a slice axis to 2D input -> window to [0, 1]
+        # -> the dose conditioning channels (dose-aware network)
         return list(self._parser().get_parsed_content("preprocessing", lazy=False).transforms)
 
     def inferer(self, data=None) -> Inferer:
