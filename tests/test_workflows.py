@@ -17,8 +17,10 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from bundle.evaluation.denoise import load_denoiser
 from bundle.io import read_ct_slice
 from bundle.networks import StructKPN
+from bundle.transforms import AddDoseConditiond
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -96,7 +98,9 @@ def test_training_saves_best_model_and_resumable_state(trained):
     assert trainer.state.iteration == 2 * int(np.ceil(n_train / 2))
     assert np.isfinite(trainer.state.output[0]["loss"])
     state = torch.load(out / "models" / "model.pt", map_location="cpu")
-    assert set(state) == set(StructKPN().state_dict())  # a plain state dict, loadable by inference.json
+    network = load_denoiser(CONFIGS / "inference.json", out / "models" / "model.pt").network  # strict: keys, shapes
+    assert isinstance(network, StructKPN) and network.dose_aware
+    assert set(state) == set(network.state_dict())  # a plain state dict, loadable by inference.json
     assert (out / "models" / "training_final.pt").is_file()
     assert list((out / "eval").glob("events.out.tfevents*")), "TensorBoard log written"
 
@@ -195,10 +199,10 @@ def test_command_line_verify_and_export(trained, tmp_path):
         check=True, cwd=REPO, env=env,
     )
     scripted = torch.jit.load(str(exported))
-    net = StructKPN()
-    net.load_state_dict(torch.load(out / "models" / "model.pt", map_location="cpu"))
-    net.eval()
-    x = torch.rand(1, 1, 40, 52)
+    net = load_denoiser(CONFIGS / "inference.json", out / "models" / "model.pt").network
+    # the dose-aware network's input: a windowed image, its local noise std and the dose fraction
+    x = AddDoseConditiond(keys="image", dose_fraction=0.25)({"image": torch.rand(1, 40, 52)})["image"][None]
+    assert x.shape == (1, 3, 40, 52)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x), atol=1e-5, rtol=1e-5)
 
@@ -230,4 +234,5 @@ def test_multi_gpu_config_runs_ddp_on_cpu_with_gloo(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")
-    assert set(state) == set(StructKPN().state_dict())  # saved unwrapped from DistributedDataParallel
+    network = load_denoiser(CONFIGS / "inference.json", tmp_path / "models" / "model.pt").network  # strict load
+    assert set(state) == set(network.state_dict())  # saved unwrapped from DistributedDataParallel
