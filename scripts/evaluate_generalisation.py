@@ -23,6 +23,7 @@ from bundle.evaluation.generalisation import (
     comparison_figure,
     evaluate_blocks,
     held_out_slices,
+    read_rows,
     report_markdown,
     summarise,
 )
@@ -45,11 +46,15 @@ def main() -> None:
     parser.add_argument("--bm3d_slice_step", type=int, default=2, help="BM3D on every n-th evaluated slice")
     parser.add_argument("--cache_dir", type=Path, help="keep the simulated low-dose slices here (reused on reruns)")
     parser.add_argument("--simulate_only", action="store_true", help="only fill --cache_dir")
+    parser.add_argument("--report_only", action="store_true", help="report the rows of --results, measure nothing")
     args = parser.parse_args()
 
     denoise = None if args.simulate_only else load_denoiser(args.config_file, args.ckpt_path)
-    rows = evaluate_blocks(denoise, args.datalist, args.results, args.dose_fractions, args.slice_step,
-                           bm3d_slice_step=args.bm3d_slice_step, cache_dir=args.cache_dir)
+    if args.report_only:
+        rows = read_rows(args.results)
+    else:
+        rows = evaluate_blocks(denoise, args.datalist, args.results, args.dose_fractions, args.slice_step,
+                               bm3d_slice_step=args.bm3d_slice_step, cache_dir=args.cache_dir)
     if denoise is None:
         return
     summary = summarise(rows)
