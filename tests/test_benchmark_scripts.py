@@ -152,7 +152,7 @@ def test_fast_inference_paths_equal_the_reference_path_in_hu():
         reference = local_conv2d(image[:, :1], network.predict_kernels(image))
         banded, script_output = network(image), scripted(image)
     for fast in (banded, script_output):
-        # float rounding only (head as matrix products, exp2, taps summed in another order): 0.012 HU measured
+        # float rounding only (head as matrix products, exp2, taps summed in another order): 0.018 HU measured
         difference_hu = (fast - reference).abs() * 4096
         assert float(difference_hu.max()) < 0.05 and float(difference_hu.mean()) < 0.001
 
@@ -166,4 +166,4 @@ def test_bfloat16_inference_stays_within_a_few_hu_of_float32():
         half = network(image)
     difference_hu = (half - full).abs() * 4096
     assert half.dtype == torch.float32
-    assert float(difference_hu.mean()) < 0.1 and float(difference_hu.max()) < 3.0  # measured 0.011 and 0.74 HU
+    assert float(difference_hu.mean()) < 0.1 and float(difference_hu.max()) < 3.0  # measured 0.038 and 1.73 HU
