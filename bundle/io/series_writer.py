@@ -246,29 +246,22 @@ class SaveCTSeriesd(MapTransform):
                     source_hu = stored * slope + intercept
                 keep, count = self._kept_pixels(ds, stored, source_hu)
                 passed_through += count
-                if multiframe:
-                    frames = hu[0].transpose(2, 1, 0)
-                    write_derived_multiframe(
-                        ds,
-                        frames,
-                        target,
-                        series_uid,
-                        description,
-                        self.derivation_description,
-                        padding=keep,
-                        sop_instance_uid=sop_uid,
-                    )
-                else:
-                    write_derived_slice(
-                        ds,
-                        hu[0, :, :, index].T,
-                        target,
-                        series_uid,
-                        description,
-                        self.derivation_description,
-                        padding=keep,
-                        sop_instance_uid=sop_uid,
-                    )
+                # one Enhanced CT file holds every frame; a classic file holds one slice
+                write, pixels = (
+                    (write_derived_multiframe, hu[0].transpose(2, 1, 0))
+                    if multiframe
+                    else (write_derived_slice, hu[0, :, :, index].T)
+                )
+                write(
+                    ds,
+                    pixels,
+                    target,
+                    series_uid,
+                    description,
+                    self.derivation_description,
+                    padding=keep,
+                    sop_instance_uid=sop_uid,
+                )
                 staged.append(target)
             for target, path in zip(staged, paths):  # the series is complete: move it into place
                 path.parent.mkdir(parents=True, exist_ok=True)
