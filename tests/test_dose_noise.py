@@ -53,6 +53,17 @@ def test_random_dose_photons_and_sign():
     assert signs == {1.0, -1.0}
 
 
+def test_uniform_dose_distribution():
+    label = torch.zeros(1, 4, 4) + 0.5
+    transform = RandDoseNoised(keys="label", dose_range=(0.05, 0.95), dose_distribution="uniform")
+    transform.set_random_state(0)
+    doses = [transform({"label": label, "image": label.clone()})["dose_fraction"] for _ in range(400)]
+    assert np.median(doses) == pytest.approx(0.5, abs=0.06)  # log-uniform would give sqrt(0.05 * 0.95) = 0.22
+    assert np.mean(np.array(doses) > 0.5) == pytest.approx(0.5, abs=0.07)
+    with pytest.raises(ValueError, match="dose_distribution"):
+        RandDoseNoised(keys="label", dose_distribution="normal")
+
+
 def test_output_is_clipped_to_the_window_and_shapes_checked():
     transform = RandDoseNoised(keys="label", dose_range=(0.05, 0.05))
     out = transform({"label": torch.zeros(1, 4, 4), "image": torch.full((1, 4, 4), 0.2)})

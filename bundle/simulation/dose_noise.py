@@ -45,7 +45,8 @@ class RandDoseNoised(Randomizable, MapTransform):
     ``reference_dose_fraction``) by
     :class:`~bundle.simulation.LowDoseSimulator` at its reference incident counts, in the units of the normal-dose
     image (e.g. both windowed to [0, 1]), so ``noise = reference - normal_dose`` is one realisation of the added
-    noise. Each call draws a dose fraction log-uniformly from ``dose_range``, a photon factor log-uniformly from
+    noise. Each call draws a dose fraction from ``dose_range`` (log-uniformly, or uniformly with
+    ``dose_distribution="uniform"``, which puts more of the draws at high dose), a photon factor log-uniformly from
     ``photon_factor_range`` and a random sign (the noise is symmetric), and writes
     ``clip(normal_dose + sign * added_noise_scale(dose, factor) * noise, *clip_range)`` to ``output_key`` and the
     dose fraction to ``dose_key``. Channel 0 of ``keys`` is used (targets may carry statistics channels). Where the
@@ -60,6 +61,7 @@ class RandDoseNoised(Randomizable, MapTransform):
         reference_dose_fraction: dose fraction of the reference image when the item has no ``dose_key``.
         clip_range: values of the output are clipped to this range (the window: (0, 1)); None: no clipping.
         dose_key: key of the reference image's dose fraction on input, and of the drawn one on output.
+        dose_distribution: ``"log_uniform"`` (as many draws in 0.05-0.1 as in 0.5-1) or ``"uniform"``.
 
     Example::
 
@@ -76,6 +78,7 @@ class RandDoseNoised(Randomizable, MapTransform):
         reference_dose_fraction: float = 0.5,
         clip_range: Sequence[float] | None = (0.0, 1.0),
         dose_key: str = "dose_fraction",
+        dose_distribution: str = "log_uniform",
     ) -> None:
         MapTransform.__init__(self, keys)
         if len(self.keys) != 1:
@@ -89,12 +92,18 @@ class RandDoseNoised(Randomizable, MapTransform):
         self.reference_key, self.output_key, self.dose_key = reference_key, output_key, dose_key
         self.log_dose_range = (math.log(low), math.log(high))
         self.log_factor_range = (math.log(factor_low), math.log(factor_high))
+        if dose_distribution not in ("log_uniform", "uniform"):
+            raise ValueError(f"dose_distribution must be 'log_uniform' or 'uniform', got {dose_distribution!r}.")
+        self.dose_range, self.dose_distribution = (low, high), dose_distribution
         self.reference_dose_fraction = reference_dose_fraction
         self.clip_range = None if clip_range is None else tuple(float(v) for v in clip_range)
         self.dose_fraction, self.photon_factor, self.sign = low, 1.0, 1.0
 
     def randomize(self, data: object = None) -> None:
-        self.dose_fraction = float(np.exp(self.R.uniform(*self.log_dose_range)))
+        if self.dose_distribution == "uniform":
+            self.dose_fraction = float(self.R.uniform(*self.dose_range))
+        else:
+            self.dose_fraction = float(np.exp(self.R.uniform(*self.log_dose_range)))
         self.photon_factor = float(np.exp(self.R.uniform(*self.log_factor_range)))
         self.sign = 1.0 if self.R.rand() < 0.5 else -1.0
 
