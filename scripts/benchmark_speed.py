@@ -138,8 +138,7 @@ def _network(variant: str, device: torch.device) -> torch.nn.Module:
     network.load_state_dict(torch.load(REPO / "models/model.pt", map_location="cpu", weights_only=True))
     network = network.eval().to(device)
     if variant == "lite_compile":  # the backbone, and the head, softmax and Eq. 1 of a band (21 steps unrolled)
-        network._features = torch.compile(network._features)
-        network._filter_band = torch.compile(network._filter_band)
+        network.compile_inference()
     if variant == "lite_whole_slice":
         return _WholeSlice(network)
     if variant == "lite_conv_head_bands":
@@ -163,7 +162,7 @@ class _WholeSlice(torch.nn.Module):
 
 
 class _ConvHeadBands(torch.nn.Module):
-    """The band path as it was before ``StructKPN._filter_band``: per band, the ``Conv2d`` head, ``torch.softmax``
+    """The band path as it was before ``StructKPN.filter_band``: per band, the ``Conv2d`` head, ``torch.softmax``
     over the k * k channels and the 441-tap loop of :func:`~bundle.layers.local_conv.local_conv2d_padded`."""
 
     def __init__(self, network: torch.nn.Module) -> None:
@@ -172,8 +171,8 @@ class _ConvHeadBands(torch.nn.Module):
         self.dose_aware = network.dose_aware
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        image, predictor_input, identity_weight = self.network._split_input(x)
-        filtered = _conv_head_bands(self.network, image, self.network._features(predictor_input))
+        image, predictor_input, identity_weight = self.network.split_input(x)
+        filtered = _conv_head_bands(self.network, image, self.network.backbone(predictor_input))
         return filtered if identity_weight is None else torch.lerp(filtered, image, identity_weight)
 
 
@@ -184,7 +183,7 @@ def _conv_head_bands(network: torch.nn.Module, image: torch.Tensor, features: to
     rows, halo = network.inference_band_rows, network.kernel_size - 1
     bands = []
     for top in range(0, image.shape[2], rows):
-        kernels = network._kernels(features[:, :, top : top + rows])
+        kernels = network.kernels(features[:, :, top : top + rows])
         bands.append(local_conv2d_padded(padded[:, :, top : top + kernels.shape[2] + halo], kernels))
     return torch.cat(bands, dim=2)
 
@@ -256,16 +255,16 @@ def case_stages(variant: str, args: argparse.Namespace) -> dict:
     condition = _conditioning() if network.dose_aware else lambda x: x
     rows, halo = network.inference_band_rows, network.kernel_size - 1
     with torch.inference_mode():
-        image, predictor_input, _ = network._split_input(condition(window[None])[None].to(args.device))
+        image, predictor_input, _ = network.split_input(condition(window[None])[None].to(args.device))
         padded = pad_for_local_conv(image, network.kernel_size)
-        features = network._features(predictor_input)
+        features = network.backbone(predictor_input)
         bands = [(features[:, :, top : top + rows], padded[:, :, top : top + rows + halo]) for top in range(0, image.shape[2], rows)]
         logits = [network.head(band) for band, _ in bands]
         kernels = [torch.softmax(band, dim=1) for band in logits]
         stages = {
             "conditioning": (lambda: condition(window[None])) if network.dose_aware else (lambda: None),
-            "backbone": lambda: network._features(predictor_input),
-            "bands": lambda: [network._filter_band(band, padded_band) for band, padded_band in bands],
+            "backbone": lambda: network.backbone(predictor_input),
+            "bands": lambda: [network.filter_band(band, padded_band) for band, padded_band in bands],
             "conv_head": lambda: [network.head(band) for band, _ in bands],
             "softmax": lambda: [torch.softmax(band, dim=1) for band in logits],
             "tap_loop": lambda: [local_conv2d_padded(p, k) for (_, p), k in zip(bands, kernels)],

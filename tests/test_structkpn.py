@@ -223,7 +223,7 @@ def test_dose_one_is_the_identity_and_the_mix_is_sqrt_dose(dose_aware_net):
     with torch.no_grad():
         assert torch.equal(dose_aware_net.eval()(_conditioned(image, 1.0)), image)
         filtered = dose_aware_net(_conditioned(image, 0.0))  # w = 0: the predicted kernels alone
-        kernels_only = local_conv2d_unfold(image, dose_aware_net._kernels(dose_aware_net._features(
+        kernels_only = local_conv2d_unfold(image, dose_aware_net.kernels(dose_aware_net.backbone(
             torch.cat([image, torch.full_like(image, 0.2), torch.full_like(image, 0.2)], dim=1))))
         mixed = dose_aware_net(_conditioned(image, 0.36))
         mmse = StructKPN(kernel_size=7, features=8, num_res_blocks=2, head_channels=8, dose_aware=True,
@@ -234,7 +234,7 @@ def test_dose_one_is_the_identity_and_the_mix_is_sqrt_dose(dose_aware_net):
     # the kernel predictor also sees the dose, so compare with the kernels it predicts at that dose
     with torch.no_grad():
         at_dose = torch.cat([image, torch.full_like(image, 0.2), torch.full_like(image, 0.2 * 0.8)], dim=1)
-        kernels = local_conv2d_unfold(image, dose_aware_net._kernels(dose_aware_net._features(at_dose)))
+        kernels = local_conv2d_unfold(image, dose_aware_net.kernels(dose_aware_net.backbone(at_dose)))
     torch.testing.assert_close(mixed, 0.6 * image + 0.4 * kernels, atol=1e-5, rtol=0)
     torch.testing.assert_close(mixed_mmse, 0.36 * image + 0.64 * kernels, atol=1e-5, rtol=0)
 

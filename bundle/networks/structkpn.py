@@ -70,7 +70,7 @@ class StructKPN(nn.Module):
     Inference memory: in eval mode the backbone runs once on the whole image, then the head, the normalisation
     and the local convolution run on bands of ``inference_band_rows`` output rows, so the (B, k * k, H, W) kernel
     tensor (0.46 GB for a 512 x 512 slice with k = 21) is never formed; training uses the plain full-image path.
-    The band path computes the same function in a faster order (see ``_filter_band``): outputs differ from the
+    The band path computes the same function in a faster order (see :meth:`filter_band`): outputs differ from the
     full-image path by float rounding only (a few 1e-6 of the [0, 1] range: 0.01 HU on a real slice windowed over
     4096 HU).
 
@@ -204,21 +204,26 @@ class StructKPN(nn.Module):
         """
         if not torch.jit.is_scripting():
             x = _plain_tensor(x)
-        image, predictor_input, identity_weight = self._split_input(x.contiguous())
+        image, predictor_input, identity_weight = self.split_input(x.contiguous())
         padded = pad_for_local_conv(image, self.kernel_size, "reflect")
         if not torch.jit.is_scripting() and self.inference_dtype == "bfloat16" and not self.training:
             with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                features = self._features(predictor_input)
+                features = self.backbone(predictor_input)
             filtered = self._filter(padded, features.float())
         else:
-            filtered = self._filter(padded, self._features(predictor_input))
+            filtered = self._filter(padded, self.backbone(predictor_input))
         if identity_weight is None:
             return filtered
         # w * x + (1 - w) * Kx: Eq. 1 with the kernel w * identity + (1 - w) * K
         return torch.lerp(filtered, image, identity_weight)
 
-    def _split_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The image to filter, the kernel predictor's input and the identity weight w (None unless dose-aware)."""
+    def split_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """
+        Split the network input (B, C, H, W), or (B, C + 2, H, W) when dose-aware, into the (B, C, H, W) image to
+        filter, the kernel predictor's input (what :meth:`backbone` takes) and the identity weight w, (B, 1, H, W)
+        (None unless dose-aware). :meth:`forward` is ``split_input``, :meth:`backbone`, then :meth:`filter_band` on
+        each band of rows of the reflect-padded image (eval mode), then the identity mix ``lerp(filtered, image, w)``.
+        """
         if not self.dose_aware:
             return x, x, None
         if x.shape[1] != self.in_channels + 2:
@@ -239,19 +244,19 @@ class StructKPN(nn.Module):
         reflect-padded image: at once in training, band by band in eval mode. Returns (B, C, H, W).
         """
         if self.training:
-            return local_conv2d_padded(padded, self._kernels(features))
+            return local_conv2d_padded(padded, self.kernels(features))
         height = features.shape[2]
         halo = self.kernel_size - 1
         out = padded.new_empty([padded.shape[0], padded.shape[1], height, features.shape[3]])
         for top in range(0, height, self.inference_band_rows):
             bottom = min(top + self.inference_band_rows, height)
-            out[:, :, top:bottom] = self._filter_band(features[:, :, top:bottom], padded[:, :, top : bottom + halo])
+            out[:, :, top:bottom] = self.filter_band(features[:, :, top:bottom], padded[:, :, top : bottom + halo])
         return out
 
-    def _filter_band(self, features: torch.Tensor, padded_band: torch.Tensor) -> torch.Tensor:
+    def filter_band(self, features: torch.Tensor, padded_band: torch.Tensor) -> torch.Tensor:
         """
         Eval-mode head, normalisation and Eq. 1 for a band of h rows: the same result as
-        ``local_conv2d_padded(padded_band, self._kernels(features))`` up to float rounding, about 3 times faster
+        ``local_conv2d_padded(padded_band, self.kernels(features))`` up to float rounding, about 3 times faster
         on a CPU (``docs/performance.md``). Three changes, none of which alters the arithmetic:
 
         - the 1 x 1 head convolutions run as batched matrix products over the band's pixels (``Conv2d`` is about
@@ -297,6 +302,15 @@ class StructKPN(nn.Module):
             filtered = filtered / weights.sum(dim=(2, 3))
         return filtered
 
+    @torch.jit.unused
+    def compile_inference(self, **options: object) -> StructKPN:
+        """Compile this instance's eval-mode stages with ``torch.compile(..., **options)``: :meth:`backbone` and
+        :meth:`filter_band` (its k steps unrolled). The first call then compiles (tens of seconds on a CPU); the
+        numerics are those of the eager stages up to float rounding. Returns ``self``. Not for TorchScript export."""
+        self.backbone = torch.compile(self.backbone, **options)  # type: ignore[method-assign]
+        self.filter_band = torch.compile(self.filter_band, **options)  # type: ignore[method-assign]
+        return self
+
     @torch.jit.export
     def predict_kernels(self, x: torch.Tensor) -> torch.Tensor:
         """
@@ -307,16 +321,17 @@ class StructKPN(nn.Module):
         flipped on both kernel axes is the stencil over the neighbourhood as it lies in the image (rows
         ``m - r .. m + r`` top to bottom). Formed for the whole image: about 0.46 GB a 512 x 512 slice for k = 21.
         """
-        image, predictor_input, identity_weight = self._split_input(x)
-        kernels = self._kernels(self._features(predictor_input))
+        image, predictor_input, identity_weight = self.split_input(x)
+        kernels = self.kernels(self.backbone(predictor_input))
         if identity_weight is None:
             return kernels
         identity = torch.zeros_like(kernels[:1, :, :1, :1])
         identity[:, self.kernel_size * self.kernel_size // 2] = 1.0
         return torch.lerp(kernels, identity, identity_weight)
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """Backbone features (B, features, H, W) at full resolution."""
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features (B, features, H, W) at full resolution of the kernel predictor's (B, C', H, W) input
+        (the second output of :meth:`split_input`)."""
         stem = self.stem(x)
         # the residual trunk runs channels-last (faster convolutions on CPU); the rest stays planar (NCHW)
         trunk = self.trunk(self.encode(stem).contiguous(memory_format=torch.channels_last)).contiguous()
@@ -325,8 +340,10 @@ class StructKPN(nn.Module):
             features = features[:, :, : x.shape[2], : x.shape[3]] + stem
         return features
 
-    def _kernels(self, features: torch.Tensor) -> torch.Tensor:
-        """Head and normalisation: (B, features, h, W) -> (B, k * k, h, W)."""
+    def kernels(self, features: torch.Tensor) -> torch.Tensor:
+        """Head (``Conv2d`` layers) and normalisation of :meth:`backbone` features: (B, features, h, W) ->
+        (B, k * k, h, W) kernels. ``local_conv2d_padded(padded_band, kernels(features))`` is the reference that
+        :meth:`filter_band` computes faster (the training path; the eval path before the band changes)."""
         logits = self.head(features)
         if self.kernel_norm == "softmax":
             return torch.softmax(logits, dim=1)
