@@ -1,8 +1,12 @@
 """The dose-aware denoiser on held-out blocks at every dose, against its own input and against BM3D given the truth.
 
 For each normal-dose test slice of a block datalist (:func:`bundle.simulation.blocks.prepare_block_datalist`) and
-each dose fraction, the bundle's simulator at its defaults (what a user runs: I0 2e5, electronic noise 5, 720 views,
-Hann filter) makes the low-dose slice, seeded by the slice and the dose; the denoiser is told the true dose. The
+each dose fraction, the bundle's simulator at its defaults (what a user runs: I0 2e5, electronic noise 5, 720 views)
+makes the low-dose slice, seeded by the slice and the dose, with the reconstruction filter that matches the scan's
+kernel (:data:`KERNEL_NOISE_FILTERS`: a real low-dose scan is reconstructed with the kernel of the normal-dose one,
+so its added noise has that kernel's texture); the denoiser is told the true dose. A stress test adds noise of
+one fixed filter to every kernel instead (Hann noise on a sharp kernel: far less noise than the dose implies,
+of another texture). The
 input and the output are scored against the normal-dose slice in three windows (the paper's, the anatomy's own
 and the narrow brain window), and in the normal-dose slice's flat regions (HU shift, noise ratio to the normal
 dose). Rows go to a CSV as they are measured, so an interrupted run resumes.
@@ -15,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +38,7 @@ __all__ = [
     "ANATOMY_WINDOWS_HU",
     "BRAIN_WINDOW_HU",
     "DOSE_FRACTIONS",
+    "KERNEL_NOISE_FILTERS",
     "PAPER_WINDOW_HU",
     "bm3d_oracle",
     "evaluate_blocks",
@@ -47,6 +53,9 @@ BRAIN_WINDOW_HU = (0.0, 80.0)
 ANATOMY_WINDOWS_HU = {"chest": (-1350.0, 150.0), "abdomen": (-150.0, 250.0), "phantom": (-100.0, 100.0)}
 #: the network's window, where BM3D works (the same linear map as the network's input)
 NETWORK_WINDOW_HU = (-1024.0, 3072.0)
+#: reconstruction filter of the simulated added noise per kernel class of a block: smooth kernels (Philips B,
+#: Siemens B40f, GE standard) Hann, sharp kernels (Philips L, Siemens B70f) the unapodised ramp
+KERNEL_NOISE_FILTERS = {"smooth": "hann", "sharp": "ram-lak"}
 
 Denoise = Callable[[np.ndarray, float], np.ndarray]
 
@@ -107,13 +116,23 @@ def _write_rows(path: Path, rows: Sequence[dict]) -> None:
             writer.writerows(rows)
 
 
+@functools.lru_cache(maxsize=None)
+def noise_simulator(kernel: str, noise_filter: str | None = None) -> LowDoseSimulator:
+    """The simulator at its defaults with the filter of :data:`KERNEL_NOISE_FILTERS` for ``kernel`` ("smooth" or
+    "sharp"), or ``noise_filter`` whatever the kernel."""
+    if noise_filter is None and kernel not in KERNEL_NOISE_FILTERS:
+        raise ValueError(f"kernel class {kernel!r} is not one of {sorted(KERNEL_NOISE_FILTERS)}")
+    return LowDoseSimulator(filter_name=noise_filter or KERNEL_NOISE_FILTERS[kernel])
+
+
 def simulated_low_dose(entry: dict, dose: float, ct, seed: int, simulator: LowDoseSimulator,
                        cache_dir: os.PathLike | str | None = None) -> np.ndarray:
     """The low-dose HU of a held-out slice at ``dose`` (seeded by the slice and the dose), kept in ``cache_dir``
     (one ``.npy`` per slice and dose) when given, so a rerun or another model is scored on the very same noise."""
     cached = None
     if cache_dir is not None:
-        cached = Path(cache_dir) / f"{entry['block']}-{Path(entry['label']).stem}-seed{seed}-dose{dose:g}.npy"
+        name = f"{entry['block']}-{Path(entry['label']).stem}-{simulator.filter_name}-seed{seed}-dose{dose:g}.npy"
+        cached = Path(cache_dir) / name
         if cached.exists():
             return np.load(cached)
     rng = slice_rng(seed, str(ct.dataset.SOPInstanceUID), dose)
@@ -136,21 +155,26 @@ def evaluate_blocks(
     bm3d_anatomies: Sequence[str] = ("chest", "abdomen"),
     bm3d_slice_step: int = 2,
     seed: int = 1000,
-    simulator: LowDoseSimulator | None = None,
+    noise_filter: str | None = None,
+    kernels: Sequence[str] = ("smooth", "sharp"),
     cache_dir: os.PathLike | str | None = None,
 ) -> list[dict]:
     """
     Score ``denoise(low_dose_hu, dose_fraction)`` and its input on every ``slice_step``-th test slice of each block
-    of ``datalist`` at each dose; BM3D with the true noise spectrum too at ``bm3d_dose_fractions`` on every
-    ``bm3d_slice_step``-th of those slices of ``bm3d_anatomies``. One row per (slice, dose) in ``results_csv``
-    (kept and skipped on a rerun). Returns all rows. With ``denoise`` None, only simulates into ``cache_dir``.
+    of ``datalist`` whose kernel class is in ``kernels``, at each dose; BM3D with the true noise spectrum too at
+    ``bm3d_dose_fractions`` on every ``bm3d_slice_step``-th of those slices of ``bm3d_anatomies``. The added noise
+    has the filter of :data:`KERNEL_NOISE_FILTERS` for the block's kernel, or ``noise_filter`` on every block. One
+    row per (slice, dose) in ``results_csv`` (kept and skipped on a rerun). Returns all rows. With ``denoise``
+    None, only simulates into ``cache_dir``.
     """
     results_csv = Path(results_csv)
     rows = read_rows(results_csv)
     done = {(row["label"], float(row["dose_fraction"])) for row in rows}
-    simulator = simulator or LowDoseSimulator()
     counters: dict[str, int] = {}
     for entry in held_out_slices(datalist, slice_step):
+        if entry["kernel"] not in kernels:
+            continue
+        simulator = noise_simulator(entry["kernel"], noise_filter)
         position = counters[entry["block"]] = counters.get(entry["block"], -1) + 1
         pending = [dose for dose in dose_fractions if (entry["label"], float(dose)) not in done]
         if not pending:
@@ -169,7 +193,8 @@ def evaluate_blocks(
             output = denoise(low_dose, dose)
             row = {
                 "block": entry["block"], "anatomy": entry["anatomy"], "kernel": entry["kernel"],
-                "label": entry["label"], "dose_fraction": float(dose), "flat_rois": len(rois),
+                "label": entry["label"], "dose_fraction": float(dose), "noise_filter": simulator.filter_name,
+                "flat_rois": len(rois),
                 "reference_noise_hu": roi_noise(reference, rois) if rois else float("nan"),
                 **_scores("input", low_dose, reference, windows, rois),
                 **_scores("output", output, reference, windows, rois),
@@ -273,9 +298,9 @@ def report_markdown(summary: Sequence[dict]) -> str:
 
 
 def comparison_figure(denoise: Denoise, entry: dict, dose: float, path: os.PathLike | str, seed: int = 1000,
-                      simulator: LowDoseSimulator | None = None) -> Path:
+                      cache_dir: os.PathLike | str | None = None) -> Path:
     """PNG of one held-out slice at ``dose``: input, output and normal dose in the anatomy's window and the brain
-    window, each with its central quarter enlarged."""
+    window, each with its central quarter enlarged (the noise of :func:`evaluate_blocks`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -283,8 +308,7 @@ def comparison_figure(denoise: Denoise, entry: dict, dose: float, path: os.PathL
 
     ct = read_ct_slice(entry["label"])
     reference = ct.hu.astype(np.float32)
-    rng = slice_rng(seed, str(ct.dataset.SOPInstanceUID), dose)
-    low_dose = (simulator or LowDoseSimulator())(reference, dose, float(ct.dataset.PixelSpacing[0]), ct.padding, rng)
+    low_dose = simulated_low_dose(entry, dose, ct, seed, noise_simulator(entry["kernel"]), cache_dir)
     output = denoise(low_dose, dose)
     height, width = reference.shape
     zoom = (slice(3 * height // 8, 5 * height // 8), slice(3 * width // 8, 5 * width // 8))
