@@ -6,7 +6,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 from dicom_factory import phantom_hu, write_ct_series, write_ct_slice, write_enhanced_ct
+from monai.data import MetaTensor
 from monai.transforms import LoadImaged
 
 from bundle.io import CTDicomReader, CTInputError, find_ct_inputs, read_ct_slice, require_checkpoint
@@ -143,6 +145,20 @@ def test_validate_rejects_small_nan_and_wrong_shapes(tmp_path):
     with pytest.raises(CTInputError, match=r"vol\.nii\.gz: expected a single-channel CT image \(1, H, W\)"):
         check({"image": load(volume)})
     ValidateCTImaged("image", min_size=21, allow_volume=True)({"image": load(volume)})
+
+
+def test_validate_gives_slices_the_depth_axis_of_volumes(tmp_path):
+    """inference.json's ValidateCTImaged(add_depth=True): a slice leaves as a one-slice volume, a volume unchanged."""
+    add_depth = ValidateCTImaged("image", min_size=21, allow_volume=True, add_depth=True)
+    slice_ = MetaTensor(torch.arange(32.0 * 24).reshape(1, 32, 24), meta={"filename_or_obj": "slice.dcm"})
+    out = add_depth({"image": slice_})["image"]
+    assert out.shape == (1, 32, 24, 1) and out.meta["filename_or_obj"] == "slice.dcm"
+    torch.testing.assert_close(out[..., 0], slice_.as_tensor())
+    volume = torch.zeros(1, 32, 24, 3)
+    assert add_depth({"image": volume})["image"] is volume
+    assert add_depth({"image": np.zeros((1, 32, 24), np.float32)})["image"].shape == (1, 32, 24, 1)
+    with pytest.raises(ValueError, match="add_depth=True gives .* it needs allow_volume=True"):
+        ValidateCTImaged("image", add_depth=True)
 
 
 def test_find_ct_inputs_lists_series_folders_and_nifti(tmp_path):

@@ -36,3 +36,11 @@ from .layouts import (
 )
 from .atomic import atomic_output, remove_stale_partials
 from .exposure import exposure_dose_fractions, exposure_mas
+from .model_settings import (
+    ModelSettingsError,
+    check_model_settings,
+    model_settings,
+    network_settings,
+    settings_path,
+    write_model_settings,
+)

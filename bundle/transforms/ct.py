@@ -26,7 +26,8 @@ def _source_name(img: object, key: Hashable) -> str:
 class ValidateCTImaged(MapTransform):
     """Reject images the denoiser cannot process, with a :class:`CTInputError` naming the file.
 
-    Checks each key's channel-first image (1, H, W) or, with ``allow_volume``, (1, H, W, D):
+    Checks each key's channel-first image (1, H, W) or, with ``allow_volume``, (1, H, W, D), and with
+    ``add_depth`` gives a (1, H, W) slice a depth axis of size 1, so slices and volumes leave as (1, H, W, D):
 
     - exactly one channel and the expected number of spatial dimensions;
     - every spatial in-plane size (H, W) at least ``min_size`` pixels (the local convolution reflects
@@ -37,21 +38,29 @@ class ValidateCTImaged(MapTransform):
         keys: keys of the images to check.
         min_size: smallest allowed H and W in pixels, normally the network's ``kernel_size``.
         allow_volume: accept (1, H, W, D) series for slice-by-slice inference.
+        add_depth: return a (1, H, W) image as (1, H, W, 1) (needs ``allow_volume``: for ``SliceInferer``).
 
     Example::
 
         ValidateCTImaged(keys=["image", "label"], min_size=21)
     """
 
-    def __init__(self, keys: KeysCollection, min_size: int = 21, allow_volume: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, min_size: int = 21, allow_volume: bool = False, add_depth: bool = False
+    ) -> None:
         super().__init__(keys)
+        if add_depth and not allow_volume:
+            raise ValueError("add_depth=True gives (1, H, W, 1) volumes: it needs allow_volume=True")
         self.min_size = int(min_size)
         self.allow_volume = allow_volume
+        self.add_depth = add_depth
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         for key in self.key_iterator(d):
             self.check(d[key], key)
+            if self.add_depth and d[key].ndim == 3:
+                d[key] = d[key].unsqueeze(-1) if isinstance(d[key], torch.Tensor) else d[key][..., None]
         return d
 
     def check(self, img: torch.Tensor | np.ndarray, key: Hashable = "image") -> None:
