@@ -5,7 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_STRENGTH_SCALE", "gradient_statistics"]
+__all__ = ["DEFAULT_STRENGTH_SCALE", "STRENGTH_CALIBRATION_WINDOW_HU", "gradient_statistics"]
+
+STRENGTH_CALIBRATION_WINDOW_HU = (-1024.0, 3072.0)
+"""The HU window mapped to [0, 1] on which :data:`DEFAULT_STRENGTH_SCALE` was calibrated (``train.json``'s
+``hu_window`` must be it unless the scale is recalibrated; ``tests/test_config_agreement.py``)."""
 
 DEFAULT_STRENGTH_SCALE = 2.0
 """Strength scale calibrated on real chest CT windowed from HU [-1024, 3072] to [0, 1], with 11 x 11 patches and the
