@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 import torch
 
+from bundle.evaluation.benchmark import METHODS, method_denoiser
 from bundle.evaluation.denoise import load_denoiser
+from bundle.evaluation.speed import pool_rounds
 from bundle.io import read_ct_slice
 from bundle.transforms import AddDoseConditiond
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
-sys.path.insert(0, str(REPO / "scripts"))
-
-import benchmark_speed  # noqa: E402
 
 
 def paper_window_psnr(hu: np.ndarray, reference_hu: np.ndarray) -> float:
@@ -78,24 +77,33 @@ def test_benchmark_trains_evaluates_and_reports(tmp_path):
     assert (output / "results/structkpn.json").stat().st_mtime_ns == before
 
 
-def test_benchmark_feeds_dose_aware_structkpn_its_conditioning_and_baselines_the_image():
+def test_benchmark_feeds_dose_aware_structkpn_its_conditioning_and_baselines_the_image(tmp_path):
     """Each learned method's network (train.json + its configs) takes the input the benchmark makes for it."""
-    import benchmark
-
+    from bundle.evaluation.denoise import configured_network
     from bundle.transforms import local_noise_std
 
-    image = torch.rand(1, 48, 40, generator=torch.Generator().manual_seed(0))
+    hu = np.random.default_rng(0).uniform(-1100.0, 3200.0, (48, 40)).astype(np.float32)
+    image = torch.from_numpy(((hu.clip(-1024, 3072) + 1024) / 4096).astype(np.float32))
     for name, dose_aware in (("structkpn", True), ("structkpn_authors", True), ("redcnn", False), ("wavresnet", False)):
-        parser = benchmark._parser_for(benchmark.METHODS[name])
-        inputs = torch.as_tensor(benchmark._conditioning(parser)(image, 0.4))
+        method = METHODS[name]
+        weights = tmp_path / f"{name}.pt"  # the untrained weights of the method's own configs
+        configs = [REPO / "configs/train.json", *[REPO / f for f in method.config_files]]
+        torch.save(configured_network(configs, **method.overrides).state_dict(), weights)
+        denoiser = method_denoiser(method, REPO, weights)
+        inputs = denoiser.network_input(hu, 0.4)[0]
         if dose_aware:  # image, its local noise std, the slice's dose fraction
-            assert inputs.shape == (3, 48, 40) and torch.equal(inputs[0], image[0])
-            assert torch.allclose(inputs[1], local_noise_std(image[0])) and torch.all(inputs[2] == 0.4)
+            assert inputs.shape == (3, 48, 40) and torch.allclose(inputs[0], image, atol=1e-6)
+            assert torch.allclose(inputs[1], local_noise_std(inputs[0]), atol=1e-6) and torch.all(inputs[2] == 0.4)
         else:
-            assert torch.equal(inputs, image)
-        network = parser.get_parsed_content("network_def").eval()
-        with torch.inference_mode():
-            assert network(inputs[None]).shape == (1, 1, 48, 40), name
+            assert inputs.shape == (1, 48, 40) and torch.allclose(inputs[0], image, atol=1e-6)
+        assert denoiser(hu, 0.4).shape == (48, 40), name
+
+
+def test_classical_methods_see_the_windowed_slice_and_return_hu():
+    """The identity method returns the input clipped to inference.json's window [-1024, 3072] HU, exactly."""
+    hu = np.array([[-2000.0, -1024.0, 0.0], [40.0, 3072.0, 5000.0], [1.5, -3.25, 100.0]], dtype=np.float32)
+    output = method_denoiser(METHODS["ldct"], REPO)(hu, 0.25)
+    np.testing.assert_allclose(output, np.clip(hu, -1024, 3072), atol=1e-3)
 
 
 def test_speed_benchmark_prints_local_convolution_ratios(tmp_path):
@@ -133,12 +141,12 @@ def test_speed_rounds_pool_timings_and_keep_the_worst_memory():
         {"error": "killed"},
         {"seconds": [2.0], "peak_extra_mib": 30.0, "slices": 6},
     ]
-    pooled = benchmark_speed.pool_rounds(rounds)
+    pooled = pool_rounds(rounds)
     assert pooled["seconds"] == [1.0, 3.0, 2.0] and pooled["peak_extra_mib"] == 30.0
     assert pooled["slices_per_second"] == 3.0  # 6 slices / median 2 s
-    stages = benchmark_speed.pool_rounds([{"stages": {"backbone": b}} for b in (0.3, 0.1, 0.2)])
+    stages = pool_rounds([{"stages": {"backbone": b}} for b in (0.3, 0.1, 0.2)])
     assert stages["stages"] == {"backbone": 0.2}
-    assert benchmark_speed.pool_rounds([{"error": "a"}, {"error": "b"}]) == {"error": "b"}
+    assert pool_rounds([{"error": "a"}, {"error": "b"}]) == {"error": "b"}
 
 
 def test_fast_inference_paths_equal_the_reference_path_in_hu():

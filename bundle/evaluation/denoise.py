@@ -12,7 +12,7 @@ from monai.transforms import LoadImaged, ScaleIntensityRanged
 
 from bundle.transforms import ValidateCTImaged
 
-__all__ = ["Denoiser", "load_denoiser"]
+__all__ = ["Denoiser", "configured_network", "hu_window", "load_denoiser", "load_network", "windowed"]
 
 
 class Denoiser:
@@ -52,45 +52,104 @@ class Denoiser:
         stack = slices[None] if slices.ndim == 2 else slices
         denoised = np.empty_like(stack)
         for index, image in enumerate(stack):
-            data: dict = {"image": torch.from_numpy(image)[None]}
-            if dose_fraction is not None:
-                data["dose_fraction"] = float(dose_fraction)
-            for transform in self.transforms:
-                data = transform(data)
+            inputs = self.network_input(image, dose_fraction)
             with torch.inference_mode():
-                prediction = self.network(torch.as_tensor(data["image"])[None].to(self.device))[0].cpu()
+                prediction = self.network(inputs)[0].cpu()
             denoised[index] = np.asarray(self.inverse_window({"pred": prediction})["pred"])[0]
         return denoised[0] if slices.ndim == 2 else denoised
+
+    def network_input(self, hu: np.ndarray, dose_fraction: float | None = None) -> torch.Tensor:
+        """The network's (1, C, H, W) input for one (H, W) slice in HU, on :attr:`device`: the transforms applied
+        to ``{"image": (1, H, W)}`` (with ``dose_fraction`` when given, which overrides the config's)."""
+        data: dict = {"image": torch.as_tensor(np.asarray(hu, dtype=np.float32))[None]}
+        if dose_fraction is not None:
+            data["dose_fraction"] = float(dose_fraction)
+        for transform in self.transforms:
+            data = transform(data)
+        return torch.as_tensor(data["image"])[None].to(self.device)
+
+
+def _parser(config_file: os.PathLike | str | Sequence[os.PathLike | str], overrides: dict) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in config_file] if isinstance(config_file, (list, tuple)) else str(config_file))
+    parser.update({key.replace("__", "#"): value for key, value in overrides.items()})
+    return parser
+
+
+def hu_window(config_file: os.PathLike | str | Sequence[os.PathLike | str] = "configs/inference.json") -> tuple[float, float]:
+    """The network's input window ``hu_window`` (HU) declared by a bundle config."""
+    low, high = ConfigParser(ConfigParser.load_config_files(config_file)).get_parsed_content("hu_window")
+    return float(low), float(high)
+
+
+def configured_network(
+    config_file: os.PathLike | str | Sequence[os.PathLike | str] = "configs/inference.json", **overrides: object
+) -> torch.nn.Module:
+    """The config's ``network_def`` with its initial (untrained) weights; ``overrides`` as in :func:`load_denoiser`."""
+    return _parser(config_file, overrides).get_parsed_content("network_def")
+
+
+def load_network(
+    config_file: os.PathLike | str | Sequence[os.PathLike | str] = "configs/inference.json",
+    ckpt_path: os.PathLike | str | dict | None = None,
+    device: torch.device | str = "cpu",
+    **overrides: object,
+) -> torch.nn.Module:
+    """
+    The config's ``network_def`` with the weights at ``ckpt_path`` (a file, or a state dict; the config's
+    ``ckpt_path`` when None) strictly loaded, on ``device``, in eval mode. A training checkpoint's ``"model"``
+    entry is taken when present. ``overrides`` set config keys, as in :func:`load_denoiser`.
+    """
+    parser = _parser(config_file, overrides)
+    network = parser.get_parsed_content("network_def")
+    source = parser.get_parsed_content("ckpt_path") if ckpt_path is None else ckpt_path
+    state = source if isinstance(source, dict) else torch.load(source, map_location="cpu", weights_only=True)
+    network.load_state_dict(state["model"] if isinstance(state.get("model"), dict) else state)
+    return network.to(device).eval()
+
+
+def windowed(function: Callable[[np.ndarray], np.ndarray], window_hu: tuple[float, float]) -> Callable[..., np.ndarray]:
+    """
+    A denoiser of (H, W) HU slices from ``function``, which denoises an image windowed to [0, 1]: the slice is
+    clipped to ``window_hu`` and mapped to [0, 1], as the network's input, and ``function``'s output mapped back to
+    HU. The result takes ``(hu, dose_fraction=None, pixel_spacing_mm=None)`` as :class:`Denoiser` does (classical
+    methods use neither). Example: ``windowed(bm3d_denoise, hu_window())``.
+    """
+    low, high = window_hu
+
+    def denoise(hu: np.ndarray, dose_fraction: float | None = None, pixel_spacing_mm: float | None = None) -> np.ndarray:
+        unit = np.clip((np.asarray(hu, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+        return (np.asarray(function(unit)) * (high - low) + low).astype(np.float32)
+
+    return denoise
 
 
 def load_denoiser(
     config_file: os.PathLike | str | Sequence[os.PathLike | str] = "configs/inference.json",
-    ckpt_path: os.PathLike | str | None = None,
+    ckpt_path: os.PathLike | str | dict | None = None,
     device: torch.device | str = "cpu",
+    network: torch.nn.Module | None = None,
     **overrides: object,
 ) -> Denoiser:
     """
-    Build :class:`Denoiser` from a bundle config: ``network_def`` with the weights at ``ckpt_path`` (the config's
-    ``ckpt_path`` when None), the ``preprocessing`` transforms after loading and validation, and the first
-    ``postprocessing`` transform (the inverse window). ``overrides`` set config keys, as on the command line
-    (``dose_fraction=0.5``, ``network_def#preset="authors"``).
+    Build :class:`Denoiser` from a bundle config: ``network_def`` with the weights at ``ckpt_path`` (a file or a
+    state dict; the config's ``ckpt_path`` when None, see :func:`load_network`), or the given ``network`` (another
+    config's, TorchScript, a wrapper; taken as it is), the ``preprocessing`` transforms after loading and
+    validation, and the first ``postprocessing`` transform (the inverse window). ``overrides`` set config keys, as
+    on the command line (``dose_fraction=0.5``, ``network_def#preset="authors"``, or ``network_def__preset``).
 
     Example::
 
         denoise = load_denoiser(dose_fraction=0.25)
         denoised_hu = denoise(low_dose_hu)  # (H, W) or (N, H, W), HU
     """
-    parser = ConfigParser()
-    parser.read_config(config_file)
-    parser.update({key.replace("__", "#"): value for key, value in overrides.items()})
-    network = parser.get_parsed_content("network_def").to(device)
-    weights = parser.get_parsed_content("ckpt_path") if ckpt_path is None else ckpt_path
-    state = torch.load(weights, map_location=device)
-    network.load_state_dict(state["model"] if "model" in state and isinstance(state["model"], dict) else state)
+    parser = _parser(config_file, overrides)
+    if network is None:
+        network = load_network(config_file, ckpt_path, device, **overrides)
     preprocessing = parser.get_parsed_content("preprocessing").transforms
     transforms = [t for t in preprocessing if not isinstance(t, (LoadImaged, ValidateCTImaged)) and
                   not type(t).__name__ == "Lambdad"]  # the depth axis of a loaded volume: slices need none
-    inverse = parser.get_parsed_content("postprocessing").transforms[0]
+    inverse = parser.get_parsed_content("postprocessing#transforms#0")  # not the writer: no output, no checkpoint
     if not isinstance(inverse, ScaleIntensityRanged):
         raise ValueError(f"{config_file}: the first postprocessing transform is not the inverse window: {inverse}")
-    return Denoiser(network, transforms, inverse, device)
+    return Denoiser(network.to(device).eval(), transforms, inverse, device)

@@ -33,6 +33,8 @@ from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction, convert_to_numpy, look_up_option
 from scipy import ndimage
 
+from bundle.evaluation.masks import body_mask
+
 __all__ = [
     "TISSUE_CLASSES_HU",
     "FlatROI",
@@ -60,8 +62,6 @@ __all__ = [
 #: -150 HU) and bone (above 150 HU) are left out.
 TISSUE_CLASSES_HU = {"fat": (-150.0, -50.0), "soft_tissue": (-50.0, 150.0)}
 
-#: Pixels above this HU (smoothed) belong to the body; holes (lungs, bowel gas) are filled.
-BODY_THRESHOLD_HU = -500.0
 
 
 class FlatROI(NamedTuple):
@@ -75,14 +75,6 @@ class FlatROI(NamedTuple):
     @property
     def slices(self) -> tuple[slice, slice]:
         return slice(self.top, self.top + self.size), slice(self.left, self.left + self.size)
-
-
-def _body_mask(smoothed_hu: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(smoothed_hu > BODY_THRESHOLD_HU)
-    if count == 0:
-        return np.zeros(smoothed_hu.shape, dtype=bool)
-    largest = 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    return ndimage.binary_fill_holes(labels == largest)
 
 
 def place_flat_rois(
@@ -112,7 +104,7 @@ def place_flat_rois(
     smoothed = ndimage.gaussian_filter(hu, smoothing_px)
     rows, columns = np.gradient(smoothed)
     energy = ndimage.uniform_filter(rows**2 + columns**2, roi_size, mode="nearest")
-    inside = ndimage.uniform_filter(_body_mask(smoothed).astype(np.float64), roi_size, mode="constant") > 1 - 1e-6
+    inside = ndimage.uniform_filter(body_mask(smoothed, opening_iterations=0).astype(np.float64), roi_size, mode="constant") > 1 - 1e-6
     half = roi_size // 2
     centre_ok = np.zeros(hu.shape, dtype=bool)  # centres whose ROI fits in the image
     centre_ok[half : hu.shape[0] - (roi_size - 1 - half), half : hu.shape[1] - (roi_size - 1 - half)] = True

@@ -1,8 +1,16 @@
-"""Process tools and report helpers: freed-memory retention, peak memory sampling, windowed quality, provenance."""
+"""Process tools and report helpers: freed-memory retention, peak memory sampling, windowed quality, provenance, atomic reports."""
 
 from bundle.utils.memory import retain_freed_memory
 from bundle.utils.profiling import PeakMemorySampler, resident_memory_bytes
-from bundle.utils.reporting import CHEST_WINDOW_HU, PAPER_WINDOW_HU, REPORT_WINDOWS, git_commit, windowed_quality
+from bundle.utils.reporting import (
+    CHEST_WINDOW_HU,
+    PAPER_WINDOW_HU,
+    REPORT_WINDOWS,
+    git_commit,
+    provenance,
+    windowed_quality,
+    write_report,
+)
 
 __all__ = [
     "CHEST_WINDOW_HU",
@@ -10,7 +18,9 @@ __all__ = [
     "REPORT_WINDOWS",
     "PeakMemorySampler",
     "git_commit",
+    "provenance",
     "resident_memory_bytes",
     "retain_freed_memory",
     "windowed_quality",
+    "write_report",
 ]

@@ -1,15 +1,28 @@
-"""Helpers of the report scripts: image quality in HU windows and the commit a report came from."""
+"""Helpers of the report scripts: image quality in HU windows, the provenance a report states, its atomic write."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import platform
+import shlex
 import subprocess
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from monai.metrics import PSNRMetric, SSIMMetric
 
-__all__ = ["CHEST_WINDOW_HU", "PAPER_WINDOW_HU", "REPORT_WINDOWS", "git_commit", "windowed_quality"]
+__all__ = [
+    "CHEST_WINDOW_HU",
+    "PAPER_WINDOW_HU",
+    "REPORT_WINDOWS",
+    "git_commit",
+    "provenance",
+    "windowed_quality",
+    "write_report",
+]
 
 PAPER_WINDOW_HU = (-160.0, 240.0)
 """The paper's display window (centre 40, width 400 HU)."""
@@ -51,3 +64,26 @@ def git_commit(repository: os.PathLike | str) -> str:
     if commit.returncode != 0:
         return "unknown"
     return commit.stdout.strip() + (" (with uncommitted changes)" if status.stdout.strip() else "")
+
+
+def provenance(
+    command: Sequence[str], repository: os.PathLike | str, device: str = "cpu", threads: int | None = None
+) -> str:
+    """The sentence a report starts with: the command (shell-quoted) that wrote it, the commit of ``repository``
+    (:func:`git_commit`), the date, the machine, CPU cores, torch version, threads (this process's when None) and
+    device."""
+    return (
+        f"Output of `{shlex.join(command)}` at commit `{git_commit(repository)}` on {datetime.date.today()} "
+        f"({platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {threads or torch.get_num_threads()} "
+        f"threads, device {device})."
+    )
+
+
+def write_report(path: os.PathLike | str, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`bundle.io.atomic.atomic_output`: a reader sees the old or the new
+    report, never a part); returns the path."""
+    from bundle.io.atomic import atomic_output
+
+    with atomic_output(path) as temporary:
+        temporary.write_text(text)
+    return Path(path)
