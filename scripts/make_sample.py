@@ -1,6 +1,6 @@
 """Make the embedded sample: real normal-dose chest CT slices and their simulated quarter-dose pairs.
 
-    python scripts/make_sample.py --source /work/shared/data/lung-pet-ct-dx --output sample_data
+    python scripts/make_sample.py --source /path/to/data/lung-pet-ct-dx --output sample_data
 
 Copies the selected slices of Lung-PET-CT-Dx (TCIA, CC BY 4.0; see docs/data_license.txt) to a temporary folder and
 simulates them with ``bundle.simulation.paired.prepare_simulated_pairs`` (dose fraction 0.25, seed 0), so ``output``

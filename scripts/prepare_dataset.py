@@ -2,8 +2,8 @@
 
 Simulated pairs from normal-dose data (DICOM series folders and NIfTI volumes, searched recursively)::
 
-    python scripts/prepare_dataset.py --input /data/ndct --output /data/paired --dose-fraction 0.25 \\
-        --dose-fraction 0.1 --seed 0 --val-patients 2 --test-patients 2
+    python scripts/prepare_dataset.py --input /path/to/ndct --output /path/to/paired --dose_fraction 0.25 \\
+        --dose_fraction 0.1 --seed 0 --val_patients 2 --test_patients 2
 
 writes ``output/ndct/<series path>/...`` (copies of the DICOM files; NIfTI volumes as per-slice 2D NIfTI files),
 ``output/ldct-<dose>/<series path>/...`` (simulated, same format) and ``output/datalist.json``. Every slice's noise
@@ -12,10 +12,10 @@ written atomically, so rerunning skips finished slices and an interrupted run re
 
 Real paired collections (datalist only, paths pointing into ``--input``)::
 
-    python scripts/prepare_dataset.py --layout mayo --input /data/mayo2016 --output /data/mayo2016-lists
-    python scripts/prepare_dataset.py --layout tcia --input /data/LDCT-and-Projection-data --output /data/tcia-lists
+    python scripts/prepare_dataset.py --layout mayo --input /path/to/mayo2016 --output /path/to/mayo2016-lists
+    python scripts/prepare_dataset.py --layout tcia --input /path/to/LDCT-and-Projection-data --output /path/to/tcia-lists
 
-Needs the ``bundle`` package importable (``pip install -e .`` or ``PYTHONPATH=.`` from the repository root).
+Needs the ``bundle`` package importable (``pip install -e .``).
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--input", required=True, type=Path, help="folder of normal-dose data or of a paired layout")
     parser.add_argument("--output", required=True, type=Path, help="output folder (datalist.json goes here)")
     parser.add_argument("--layout", choices=("simulate", "mayo", "tcia"), default="simulate")
-    parser.add_argument("--dose-fraction", type=float, action="append", help="simulated dose fraction(s), default 0.25")
+    parser.add_argument("--dose_fraction", type=float, action="append", help="simulated dose fraction(s), default 0.25")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of the patient split")
-    parser.add_argument("--val-patients", type=int, default=0)
-    parser.add_argument("--test-patients", type=int, default=0)
+    parser.add_argument("--val_patients", type=int, default=0)
+    parser.add_argument("--test_patients", type=int, default=0)
     add_simulator_arguments(parser)
-    parser.add_argument("--slice-thickness", default="3mm", help="mayo layout: full_<this> / quarter_<this>")
+    parser.add_argument("--slice_thickness", default="3mm", help="mayo layout: full_<this> / quarter_<this>")
     parser.add_argument("--sharp", action="store_true", help="mayo layout: the *_sharp series")
-    parser.add_argument("--tolerance-mm", type=float, default=0.1, help="paired layouts: z tolerance of a pair")
+    parser.add_argument("--tolerance_mm", type=float, default=0.1, help="paired layouts: z tolerance of a pair")
     args = parser.parse_args(argv)
 
     if args.layout == "simulate":

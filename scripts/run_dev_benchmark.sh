@@ -14,8 +14,8 @@ mkdir -p "$work/ndct-smooth"
 for series in A0001-philips-kernel-B A0002-siemens-B40f; do
     [ -d "$work/ndct-smooth/$series" ] || cp -r "$source_dir/$series" "$work/ndct-smooth/$series"
 done
-python scripts/prepare_dataset.py --input "$work/ndct-smooth" --output "$work/paired" --dose-fraction 0.1 \
-    --dose-fraction 0.2 --dose-fraction 0.25 --dose-fraction 0.33 --dose-fraction 0.5 --seed 0 --test-patients 1
+python scripts/prepare_dataset.py --input "$work/ndct-smooth" --output "$work/paired" --dose_fraction 0.1 \
+    --dose_fraction 0.2 --dose_fraction 0.25 --dose_fraction 0.33 --dose_fraction 0.5 --seed 0 --test_patients 1
 python - "$work/paired/datalist.json" "$work/paired/datalist_benchmark.json" <<'PY'
 import json, sys
 entries = [e for split in json.load(open(sys.argv[1])).values() for e in split]

@@ -3,8 +3,9 @@ dataset scripts, on tiny synthetic DICOM and NIfTI files written here."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -20,13 +21,18 @@ from bundle.io.datalist import build_datalist, split_patients, write_datalist
 from bundle.io.dicom_writer import hu_to_stored, stored_value_range, write_derived_slice
 from bundle.io.layouts import mayo_pairs, tcia_ldct_pairs
 from bundle.simulation.low_dose import LowDoseSimulator
-from bundle.simulation.paired import prepare_simulated_pairs, write_split_datalist
+from bundle.evaluation.metrics_by_dose import metrics_by_dose
+from bundle.simulation.paired import prepare_simulated_pairs, simulate_dicom_input, write_split_datalist
 from tests.dicom_factory import phantom_hu, write_ct_slice
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "prepare_dataset.py"
-_spec = importlib.util.spec_from_file_location("prepare_dataset", SCRIPT)
-prepare_dataset = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prepare_dataset)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *arguments: str) -> str:
+    """Run ``scripts/<name>`` with ``arguments`` in a fresh process from the repository root; returns its stdout."""
+    done = subprocess.run([sys.executable, f"scripts/{name}", *arguments], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 def twelve_bit_source(path: Path, hu: np.ndarray, padding_value: int | None = None) -> pydicom.Dataset:
@@ -247,47 +253,39 @@ def test_prepare_dataset_simulates_pairs_and_resumes(normal_dose_folder, tmp_pat
     before = tree_bytes(output)
     (output / "ldct-0.1" / "P2" / "series" / "1.dcm").unlink()  # an interrupted run
     (output / "ldct-0.25" / "P4" / "slice_0000.nii.gz").unlink()
-    prepare_dataset.main(["--input", str(normal_dose_folder), "--output", str(output), "--dose-fraction", "0.25",
-                          "--dose-fraction", "0.1", "--seed", "3", "--num-views", "60", "--val-patients", "1",
-                          "--test-patients", "1"])  # fmt: skip
+    run_script("prepare_dataset.py", "--input", str(normal_dose_folder), "--output", str(output), "--dose_fraction",
+               "0.25", "--dose_fraction", "0.1", "--seed", "3", "--num_views", "60", "--val_patients", "1",
+               "--test_patients", "1")  # fmt: skip
     assert tree_bytes(output) == before  # resumed to identical files, finished ones untouched
 
 
 def test_prepare_dataset_cli_for_mayo_layout(tmp_path):
     write_series(tmp_path / "mayo" / "L067" / "full_3mm", "L067", [0.0, 3.0])
     write_series(tmp_path / "mayo" / "L067" / "quarter_3mm", "L067", [0.0, 3.0])
-    prepare_dataset.main(["--layout", "mayo", "--input", str(tmp_path / "mayo"), "--output", str(tmp_path / "lists")])
+    run_script("prepare_dataset.py", "--layout", "mayo", "--input", str(tmp_path / "mayo"), "--output", str(tmp_path / "lists"))
     items = load_decathlon_datalist(tmp_path / "lists" / "datalist.json", data_list_key="training")
     assert len(items) == 2 and all("quarter_3mm" in e["image"] and Path(e["image"]).exists() for e in items)
 
 
-def test_simulate_low_dose_cli_file_and_folder(normal_dose_folder, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("simulate_low_dose_script", SCRIPT.parent / "simulate_low_dose.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-
+def test_simulate_low_dose_cli_file_and_folder(normal_dose_folder, tmp_path):
     source = normal_dose_folder / "P1" / "series" / "0.dcm"
-    script.main(["--input", str(source), "--output", str(tmp_path / "one"), "--num-views", "60"])
-    assert "1 slices simulated" in capsys.readouterr().out
+    output = run_script("simulate_low_dose.py", "--input", str(source), "--output", str(tmp_path / "one"), "--num_views", "60")
+    assert "1 slices simulated" in output
     written = pydicom.dcmread(tmp_path / "one" / "0.dcm")
     assert written.SourceImageSequence[0].ReferencedSOPInstanceUID == pydicom.dcmread(source).SOPInstanceUID
     assert "dose fraction 0.25" in written.DerivationDescription
 
-    arguments = ["--input", str(normal_dose_folder), "--output", str(tmp_path / "all"), "--dose-fraction", "0.1"]
-    for expected in ("6 slices simulated", "0 slices simulated, 6 already present"):
-        script.main(arguments + ["--num-views", "60"])
-        assert expected in capsys.readouterr().out
+    simulator = LowDoseSimulator(num_views=60)  # the folder through the same bundle function, twice: resumable
+    for expected in ((6, 6), (0, 6)):
+        assert simulate_dicom_input(normal_dose_folder, tmp_path / "all", 0.1, 0, simulator) == expected
     assert (tmp_path / "all" / "P3" / "series" / "1.dcm").exists()
 
 
 def test_metrics_by_dose_groups_slices_by_dose_folder(tmp_path):
-    spec = importlib.util.spec_from_file_location("metrics_by_dose", SCRIPT.with_name("metrics_by_dose.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     (tmp_path / "test_psnr_raw.csv").write_text(
         "filename,class0,mean\n/d/ldct-0.1/a/1.dcm,20,20\n/d/ldct-0.1/a/2.dcm,22,22\n/d/ldct-0.5/a/1.dcm,30,30\n"
     )
-    table = module.metrics_by_dose(tmp_path)
+    table = metrics_by_dose(tmp_path)
     assert table["0.1"]["test_psnr"] == [20.0, 22.0] and table["0.5"]["test_psnr"] == [30.0]
-    markdown = module.main(["--eval-dir", str(tmp_path)])
+    markdown = run_script("metrics_by_dose.py", "--eval_dir", str(tmp_path))
     assert "| 0.1 | 2 | 21 ± 1 |" in markdown and "| 0.5 | 1 | 30 ± 0 |" in markdown

@@ -43,6 +43,7 @@ __all__ = [
     "prepare_nifti_volume",
     "prepare_simulated_pairs",
     "simulate_dicom_slice",
+    "simulate_dicom_input",
     "simulator_from_arguments",
     "slice_rng",
     "write_split_datalist",
@@ -248,12 +249,31 @@ def write_split_datalist(
     return write_datalist(build_datalist(entries, splits, output_dir), Path(output_dir) / "datalist.json")
 
 
+def simulate_dicom_input(
+    input_path: os.PathLike | str, output_dir: os.PathLike | str, dose_fraction: float, seed: int,
+    simulator: LowDoseSimulator,
+) -> tuple[int, int]:
+    """Simulate a CT DICOM file, or every DICOM series under a folder (outputs mirror its folders), into
+    ``output_dir`` with :func:`simulate_dicom_slice`; existing outputs are kept. Returns (slices written, slices)."""
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    if input_path.is_file():
+        jobs = [(input_path, output_dir / input_path.name)]
+    else:
+        jobs = [(f, output_dir / f.relative_to(input_path)) for _, files in find_dicom_series(input_path) for f in files]
+    written = 0
+    for source, output in jobs:
+        if not output.exists():
+            simulate_dicom_slice(source, output, dose_fraction, seed, simulator)
+            written += 1
+    return written, len(jobs)
+
+
 def add_simulator_arguments(parser: argparse.ArgumentParser) -> None:
     """The :class:`LowDoseSimulator` parameters as command-line options, defaulting to the simulator's defaults."""
     defaults = LowDoseSimulator()
-    parser.add_argument("--incident-photons", type=float, default=defaults.incident_photons, help="I0 per ray and view")
-    parser.add_argument("--electronic-noise-std", type=float, default=defaults.electronic_noise_std, help="counts")
-    parser.add_argument("--num-views", type=int, default=defaults.num_views, help="parallel-beam views over 180 deg")
+    parser.add_argument("--incident_photons", type=float, default=defaults.incident_photons, help="I0 per ray and view")
+    parser.add_argument("--electronic_noise_std", type=float, default=defaults.electronic_noise_std, help="counts")
+    parser.add_argument("--num_views", type=int, default=defaults.num_views, help="parallel-beam views over 180 deg")
     parser.add_argument("--filter", default=defaults.filter_name, choices=RECONSTRUCTION_FILTERS, help="FBP filter")
 
 
