@@ -22,7 +22,7 @@ from bundle.io.atomic import atomic_output
 from bundle.io.ct_dicom import read_ct_slice
 from bundle.simulation.low_dose import LowDoseSimulator
 
-__all__ = ["REPORT_DOSES", "REPORT_SLICES", "write_simulation_report"]
+__all__ = ["REPORT_DOSES", "REPORT_SLICES", "high_frequency_share", "report_values", "write_simulation_report"]
 
 REPORT_DOSES = (0.5, 0.25, 0.1)
 #: Slices measured in the report: mid-chest (lungs, mediastinum, heart) of both patients, and one shoulder slice.
@@ -150,7 +150,7 @@ def write_simulation_report(source_dir: Path, docs_dir: Path, template: Path, se
     projectors = compare_projectors(source_dir, seed)
     with atomic_output(docs_dir / "simulation.png") as temporary:
         temporary.write_bytes(_figure(figure_images, spectra, rows, simulator))
-    values = _report_values(rows, spectra, shoulder_std, timings, projectors, simulator)
+    values = report_values(rows, spectra, shoulder_std, timings, projectors, simulator)
     page = docs_dir / "simulation.md"
     with atomic_output(page) as temporary:
         temporary.write_text(string.Template(Path(template).read_text()).substitute(values))
@@ -224,10 +224,12 @@ def _figure(images: dict, spectra: dict, rows: list, simulator: LowDoseSimulator
     return out.getvalue()
 
 
-def _report_values(
+def report_values(
     rows: list, spectra: dict, shoulder_std: dict, timings: dict, projectors: dict, simulator: LowDoseSimulator
 ) -> dict[str, str]:
-    """The template's placeholders: tables and figures, formatted."""
+    """The placeholders of the template (``${name}``), formatted: the measured tables and figures of
+    :func:`write_simulation_report` (rows per slice and dose, noise spectra per series and dose, shoulder stds per
+    electronic noise, projector seconds, and the ``line``/``linear`` comparison of :func:`compare_projectors`)."""
     table = [
         "| series | slice | pixel (mm) | dose | added std, soft tissue (HU) | std / sqrt((1-a)/a) | mean change (HU) |"
         " soft-tissue pixels | NDCT local std (HU) | seconds |",
