@@ -99,13 +99,17 @@ def _timed(function: Callable[[], object], repeats: int) -> tuple[list[float], o
     return times, result
 
 
-class _WholeSlice(torch.nn.Module):
-    """The reference path: all k * k kernels of the slice formed at once (``predict_kernels``, dose-aware: mixed
-    with the identity), then Eq. 1 on the image channels."""
+class _Reference(torch.nn.Module):
+    """A reference inference path of a StructKPN ``network`` (its weights and stages, another order of work)."""
 
     def __init__(self, network: torch.nn.Module) -> None:
         super().__init__()
         self.network = network
+
+
+class _WholeSlice(_Reference):
+    """The reference path: all k * k kernels of the slice formed at once (``predict_kernels``, dose-aware: mixed
+    with the identity), then Eq. 1 on the image channels."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from bundle.layers import local_conv2d
@@ -113,13 +117,9 @@ class _WholeSlice(torch.nn.Module):
         return local_conv2d(x[:, : self.network.in_channels], self.network.predict_kernels(x))
 
 
-class _ConvHeadBands(torch.nn.Module):
+class _ConvHeadBands(_Reference):
     """The band path with the reference band filter: per band ``local_conv2d_padded(band, kernels(features))``
     (``Conv2d`` head, ``torch.softmax``, the 441-tap loop), instead of :meth:`StructKPN.filter_band`."""
-
-    def __init__(self, network: torch.nn.Module) -> None:
-        super().__init__()
-        self.network = network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from bundle.layers import local_conv2d_padded, pad_for_local_conv
@@ -391,7 +391,7 @@ def table(results: dict[str, dict], options: SpeedOptions) -> str:
         before = stage["conv_head"] + stage["softmax"] + stage["tap_loop"]
         lines.append(
             f"| stages_lite | {stage['conditioning'] + stage['backbone'] + stage['bands']:.3f} | "
-            f"{before / stage['bands']:.1f}x faster bands than before | - | conditioning "
+            f"{before / stage['bands']:.1f}x faster bands than before | - | window and conditioning "
             f"{stage['conditioning']:.3f} s + backbone {stage['backbone']:.3f} s + bands {stage['bands']:.3f} s (head, "
             f"softmax and Eq. 1 of all 16-row bands); before: Conv2d head {stage['conv_head']:.3f} s + softmax "
             f"{stage['softmax']:.3f} s + 441-tap loop {stage['tap_loop']:.3f} s = {before:.3f} s |"
