@@ -131,9 +131,9 @@ def test_invariant_to_flips_and_rot90() -> None:
 
 
 def test_rejects_bad_shapes() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"image must have shape \(B, 1, H, W\), got \(1, 2, 8, 8\)"):
         gradient_statistics(torch.zeros(1, 2, 8, 8))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="patch_size must be a positive odd integer, got 4"):
         gradient_statistics(torch.zeros(1, 1, 8, 8), patch_size=4)
 
 
@@ -171,5 +171,5 @@ def test_transform_chain_concatenates_and_crops_with_label() -> None:
 
 
 def test_transform_needs_one_output_key_per_key() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"need one output_key per key, got \('label_stats',\) for \('label', 'image'\)"):
         GradientStatisticsd(keys=["label", "image"], output_key="label_stats")

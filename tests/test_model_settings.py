@@ -155,3 +155,13 @@ def test_shipped_weights_have_the_settings_of_the_configs():
         parser.read_config(str(CONFIGS / name))
         network = parser.get_parsed_content("network_def")
         assert saved == {"network": network_settings(network), "hu_window": parser.get_parsed_content("hu_window")}, name
+
+
+def test_load_network_checks_the_weights_it_is_given(checkpoint):
+    from bundle.evaluation.denoise import load_network
+
+    network = load_network(CONFIGS / "inference.json", checkpoint, kernel_size=5)  # its own settings: loads
+    assert network.kernel_size == 5
+    with pytest.raises(Exception) as raised:
+        load_network(CONFIGS / "inference.json", checkpoint, kernel_size=5, **{"network_def#noise_gain": 3.0})
+    assert "noise_gain: trained 40.0, config 3.0" in str(_root_cause(raised.value))

@@ -1,4 +1,4 @@
-"""StructKPN: shapes, banded inference, TorchScript, presets, initialisation and MONAI config instantiation."""
+"""StructKPN: Eq. 1 with its predicted kernels at any size, banded inference, TorchScript, presets, initialisation and MONAI config instantiation."""
 
 from __future__ import annotations
 
@@ -34,11 +34,17 @@ def small_net() -> StructKPN:
 
 @pytest.mark.parametrize("downsample", [1, 2, 4])
 def test_odd_image_shape(downsample):
+    """Odd sizes (not multiples of the downsampling): one normalised kernel a pixel, applied by Eq. 1 in both paths."""
     net = _randomised(StructKPN(kernel_size=5, features=8, num_res_blocks=1, head_channels=8, downsample=downsample))
     x = torch.rand(2, 1, 37, 53)
-    assert net.train()(x).shape == (2, 1, 37, 53)
-    assert net.eval()(x).shape == (2, 1, 37, 53)
-    assert net.predict_kernels(x).shape == (2, 25, 37, 53)
+    with torch.no_grad():
+        kernels = net.predict_kernels(x)
+        assert kernels.shape == (2, 25, 37, 53)
+        torch.testing.assert_close(kernels.sum(dim=1), torch.ones(2, 37, 53))  # softmax: a convex combination
+        expected = local_conv2d_unfold(x, kernels)
+        torch.testing.assert_close(net.train()(x), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(net.eval()(x), expected, rtol=1e-5, atol=1e-5)
+    assert kernels.std(dim=(2, 3)).max() > 1e-3  # the kernels vary over the odd-sized image
 
 
 @pytest.mark.parametrize("network, shape", [("small", (2, 1, 37, 29)), ("default", (1, 1, 40, 33))])
@@ -159,8 +165,10 @@ def test_authors_preset_channels_and_forward():
     blocks = 48 * ((48 * 9 + 1) * 96)  # a group sees 48 of the 96 input channels
     head = (96 + 1) * 441 + (441 + 1) * 441
     assert sum(p.numel() for p in net.parameters()) == stem + blocks + head == 2_316_963
+    x = torch.rand(1, 1, 12, 11)
     with torch.no_grad():
-        assert net.eval()(torch.rand(1, 1, 12, 11)).shape == (1, 1, 12, 11)
+        _randomised(net).eval()
+        torch.testing.assert_close(net(x), local_conv2d_unfold(x, net.predict_kernels(x)), rtol=1e-5, atol=1e-5)
 
 
 def test_lite_preset_channels():

@@ -166,11 +166,11 @@ def test_adam_steps_reduce_the_loss(one_thread: None) -> None:
 
 def test_rejects_bad_shapes() -> None:
     loss = StructureAwareLoss()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"input must have shape \(B, 1, H, W\), got \(1, 2, 16, 16\)"):
         loss(torch.zeros(1, 2, 16, 16), torch.zeros(1, 1, 16, 16))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"target must have shape \(B, 1, H, W\) or \(B, 3, H, W\), got \(1, 2, 16, 16\)"):
         loss(torch.zeros(1, 1, 16, 16), torch.zeros(1, 2, 16, 16))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"input \(1, 1, 16, 16\) and target \(1, 1, 16, 12\) differ in batch or size"):
         loss(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 12))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ssim_window must be a positive odd integer, got 10"):
         StructureAwareLoss(ssim_window=10)

@@ -10,6 +10,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import LoadImaged, ScaleIntensityRanged
 
+from bundle.io.model_settings import check_model_settings
 from bundle.transforms import ValidateCTImaged
 
 __all__ = ["Denoiser", "configured_network", "hu_window", "load_denoiser", "load_network", "windowed"]
@@ -97,12 +98,17 @@ def load_network(
 ) -> torch.nn.Module:
     """
     The config's ``network_def`` with the weights at ``ckpt_path`` (a file, or a state dict; the config's
-    ``ckpt_path`` when None) strictly loaded, on ``device``, in eval mode. A training checkpoint's ``"model"``
-    entry is taken when present. ``overrides`` set config keys, as in :func:`load_denoiser`.
+    ``ckpt_path`` when None) strictly loaded, on ``device``, in eval mode, after the settings file beside a weights
+    file is checked (:func:`bundle.io.check_model_settings`). A training checkpoint's ``"model"`` entry is taken
+    when present. ``overrides`` set config keys, as in :func:`load_denoiser`.
     """
     parser = _parser(config_file, overrides)
+    if ckpt_path is not None and not isinstance(ckpt_path, dict):
+        parser["ckpt_path"] = str(ckpt_path)  # the file whose settings inference.json's network_def checks
     network = parser.get_parsed_content("network_def")
     source = parser.get_parsed_content("ckpt_path") if ckpt_path is None else ckpt_path
+    if not isinstance(source, dict):  # the whole network and window against the settings file beside the weights
+        check_model_settings(source, parser.get_parsed_content("hu_window"), network)
     state = source if isinstance(source, dict) else torch.load(source, map_location="cpu", weights_only=True)
     network.load_state_dict(state["model"] if isinstance(state.get("model"), dict) else state)
     return network.to(device).eval()
@@ -147,8 +153,7 @@ def load_denoiser(
     if network is None:
         network = load_network(config_file, ckpt_path, device, **overrides)
     preprocessing = parser.get_parsed_content("preprocessing").transforms
-    transforms = [t for t in preprocessing if not isinstance(t, (LoadImaged, ValidateCTImaged)) and
-                  not type(t).__name__ == "Lambdad"]  # the depth axis of a loaded volume: slices need none
+    transforms = [t for t in preprocessing if not isinstance(t, (LoadImaged, ValidateCTImaged))]
     inverse = parser.get_parsed_content("postprocessing#transforms#0")  # not the writer: no output, no checkpoint
     if not isinstance(inverse, ScaleIntensityRanged):
         raise ValueError(f"{config_file}: the first postprocessing transform is not the inverse window: {inverse}")
