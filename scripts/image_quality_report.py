@@ -12,9 +12,7 @@ replaces it by a Gaussian filter (to try the report without a model). All measur
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +23,7 @@ from scipy import ndimage
 from bundle.evaluation import measure_phantom, measure_series, write_report
 from bundle.io import read_ct_slice
 from bundle.simulation import LowDoseSimulator, image_quality_phantom, simulate_phantom_scans
-from bundle.utils import git_commit
+from bundle.utils import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,11 +93,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     phantom_results = measure_phantom(denoise, phantom, scans)
 
     blocks = args.blocks.relative_to(REPO) if args.blocks.is_relative_to(REPO) else args.blocks
-    command = shlex.join(["python", "scripts/image_quality_report.py", *(sys.argv[1:] if argv is None else argv)])
-    header = (f"# Image quality (HU accuracy, noise, NPS, TTF, d')\n\nDenoiser: {denoiser}. Output of `{command}` at "
-              f"commit `{git_commit(REPO)}` on {datetime.date.today()}; doses {', '.join(f'{d:g}' for d in doses)}; "
-              f"held-out blocks of `{blocks}`"
-              f", {args.slices_per_block} slices each; synthetic phantom with {args.realisations} noise realisations.")
+    command = ["python", "scripts/image_quality_report.py", *(sys.argv[1:] if argv is None else argv)]
+    header = (f"# Image quality (HU accuracy, noise, NPS, TTF, d')\n\nDenoiser: {denoiser}. {provenance(command, REPO)} "
+              f"Doses {', '.join(f'{d:g}' for d in doses)}; held-out blocks of `{blocks}`, {args.slices_per_block} "
+              f"slices each; synthetic phantom with {args.realisations} noise realisations.")
     notes = ("ref = normal dose, in = simulated low-dose input, out = denoised input. TTF and d' come from the "
              "synthetic phantom only; the tables above hold every block of real CT and the phantom's flat water.")
     path = write_report(args.report, series, phantom_results, header, notes)

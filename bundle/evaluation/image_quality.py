@@ -104,7 +104,8 @@ def place_flat_rois(
     smoothed = ndimage.gaussian_filter(hu, smoothing_px)
     rows, columns = np.gradient(smoothed)
     energy = ndimage.uniform_filter(rows**2 + columns**2, roi_size, mode="nearest")
-    inside = ndimage.uniform_filter(body_mask(smoothed, opening_iterations=0).astype(np.float64), roi_size, mode="constant") > 1 - 1e-6
+    body = body_mask(smoothed, opening_iterations=0).astype(np.float64)
+    inside = ndimage.uniform_filter(body, roi_size, mode="constant") > 1 - 1e-6
     half = roi_size // 2
     centre_ok = np.zeros(hu.shape, dtype=bool)  # centres whose ROI fits in the image
     centre_ok[half : hu.shape[0] - (roi_size - 1 - half), half : hu.shape[1] - (roi_size - 1 - half)] = True

@@ -413,7 +413,6 @@ def write_report(
                 lines.append(f"| {p.flat.dose:g} | {diameter:g} | {contrast:g} | "
                              + " | ".join(_f(scores[k]) for k in IMAGES) + " |")  # fmt: skip
     text = "\n".join([*lines, "", notes, "", METHOD]).rstrip() + "\n"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
-    return path
+    from bundle.utils.reporting import write_report as write_text_report
+
+    return write_text_report(path, text)
