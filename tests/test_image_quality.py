@@ -240,9 +240,11 @@ def test_evaluate_image_quality_config_writes_csv_values_of_the_module_functions
         network_def={"_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 1, "kernel_size": 1,
                      "bias": False},  # fmt: skip
     )
+    settings = (repo / "models" / "model.json").read_bytes()
     flow.initialize()
     flow.run()
     flow.finalize()
+    assert (repo / "models" / "model.json").read_bytes() == settings  # evaluating never writes the model's settings
 
     def raw(name: str) -> dict[str, float]:
         with open(tmp_path / "eval" / f"{name}_raw.csv") as f:
