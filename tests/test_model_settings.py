@@ -142,9 +142,18 @@ def test_training_writes_the_settings_of_the_network_it_trains(tmp_path):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "train.json"))
     parser.update({"ckpt_dir": str(tmp_path), "kernel_size": 7, "retain_freed_memory": False})
-    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("run#0")  # the first step of training's run (evaluation's run replaces it)
     saved = json.loads((tmp_path / "model.json").read_text())
     assert saved == {"network": network_settings(StructKPN(kernel_size=7, dose_aware=True)), "hu_window": list(WINDOW)}
+
+
+def test_evaluation_writes_no_settings_file(tmp_path):
+    """Only training writes model.json: evaluate.json (merged over train.json) replaces training's run."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
+    parser.update({"ckpt_dir": str(tmp_path), "retain_freed_memory": False})
+    parser.get_parsed_content("initialize")
+    assert "write_model_settings" not in json.dumps(parser.get("run")) and not list(tmp_path.iterdir())
 
 
 def test_shipped_weights_have_the_settings_of_the_configs():

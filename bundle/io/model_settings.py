@@ -6,10 +6,11 @@
      "hu_window": [-1024.0, 3072.0]}
 
 ``network`` holds the constructor settings the network instance keeps (for StructKPN the preset resolved into
-``features``, ``num_res_blocks`` ...), without the ones chosen at inference for the same weights (:data:`RUNTIME_SETTINGS`);
-``hu_window`` is the HU window mapped to [0, 1] on the way in (the structure-aware loss's strength scale is
-calibrated to it). Training writes the file (``train.json``'s ``initialize``); inference and evaluation check the
-whole config against it when they load the weights, and building ``inference.json``'s ``network_def`` (export,
+``features``, ``num_res_blocks`` ...), without the ones chosen at inference for the same weights
+(:data:`RUNTIME_SETTINGS`); ``hu_window`` is the HU window mapped to [0, 1] on the way in (the structure-aware
+loss's strength scale is calibrated to it). Training writes the file (the first step of ``train.json``'s ``run``,
+which ``evaluate.json`` replaces); inference and evaluation check the whole config against it when they load the
+weights, and building ``inference.json``'s ``network_def`` (export,
 ``verify_net_in_out``) checks ``hu_window``, ``kernel_size`` and ``dose_aware`` against the file beside
 ``ckpt_path``; a config that differs is refused, naming the file and each differing setting.
 """
