@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--figures", type=Path, help="folder for one comparison figure per anatomy")
     parser.add_argument("--config_file", default="configs/inference.json")
     parser.add_argument("--ckpt_path", default=None, help="weights (default: the config's ckpt_path)")
+    parser.add_argument("--output_noise", choices=("normal_dose", "mmse"), help="the network's identity mix "
+                        "(default: the config's; mmse mixes by the dose fraction instead of its square root)")
     parser.add_argument("--dose_fractions", type=float, nargs="+", default=list(DOSE_FRACTIONS))
     parser.add_argument("--slice_step", type=int, default=4, help="every n-th slice of each block")
     parser.add_argument("--bm3d_slice_step", type=int, default=2, help="BM3D on every n-th evaluated slice")
@@ -52,7 +54,8 @@ def main() -> None:
     parser.add_argument("--report_only", action="store_true", help="report the rows of the CSVs, measure nothing")
     args = parser.parse_args()
 
-    denoise = None if args.simulate_only else load_denoiser(args.config_file, args.ckpt_path)
+    overrides = {"network_def#output_noise": args.output_noise} if args.output_noise else {}
+    denoise = None if args.simulate_only else load_denoiser(args.config_file, args.ckpt_path, **overrides)
     stress_rows: list[dict] = []
     if args.report_only:
         rows = read_rows(args.results)
@@ -84,7 +87,8 @@ def main() -> None:
         ) + "\n"
     if args.report:
         command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-        header = (f"# The shipped model on held-out blocks at every dose\n\nOutput of `{command}` at commit "
+        option = f" (`--output_noise {args.output_noise}`)" if args.output_noise else ""
+        header = (f"# The shipped model{option} on held-out blocks at every dose\n\nOutput of `{command}` at commit "
                   f"`{git_commit(REPO)}` on {datetime.date.today()}. Blocks: `configs/data/shipped_model_blocks.json`"
                   f"; method: `bundle/evaluation/generalisation.py`.\n\n")
         with atomic_output(args.report) as temporary:
