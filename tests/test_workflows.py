@@ -15,7 +15,9 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
+from skimage.metrics import structural_similarity
 
 from bundle.evaluation.denoise import load_denoiser
 from bundle.io import read_ct_slice
@@ -73,7 +75,8 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """Two epochs of training on the sample (validation each epoch), shared by the later tests."""
+    """Three epochs of training on the sample (validation each epoch), shared by the later tests; with the
+    validation PSNR and a copy of the weights at each validation."""
     out = tmp_path_factory.mktemp("train")
     flow = workflow(
         "train",
@@ -81,23 +84,39 @@ def trained(tmp_path_factory):
         ckpt_dir=str(out / "models"),
         output_dir=str(out / "eval"),
         dataset_dir=str(SAMPLE),
-        epochs=2,
+        epochs=3,
         val_interval=1,
         patches_per_slice=4,
     )
     trainer = flow.parser.get_parsed_content("train#trainer")
+    network, validations = flow.parser.get_parsed_content("network"), []
+    flow.parser.get_parsed_content("validate#evaluator").add_event_handler(
+        Events.EPOCH_COMPLETED,
+        lambda engine: validations.append(
+            (engine.state.metrics["val_psnr"], {k: v.detach().clone() for k, v in network.state_dict().items()})
+        ),
+    )
     flow.run()
     flow.finalize()
-    return out, trainer
+    return out, trainer, validations
 
 
 def test_training_saves_best_model_and_resumable_state(trained):
-    out, trainer = trained
+    out, trainer, validations = trained
     n_train = len(DATALIST["training"])
-    assert trainer.state.epoch == 2
-    assert trainer.state.iteration == 2 * int(np.ceil(n_train / 2))
+    assert trainer.state.epoch == 3
+    assert trainer.state.iteration == 3 * int(np.ceil(n_train / 2))
     assert np.isfinite(trainer.state.output[0]["loss"])
     state = torch.load(out / "models" / "model.pt", map_location="cpu")
+    # README: "The best model by validation PSNR is saved as models/model.pt" (the first of equal bests)
+    assert len(validations) == 3
+    best = max(range(3), key=lambda i: (validations[i][0], -i))
+    for key, value in validations[best][1].items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=f"model.pt is not epoch {best + 1}'s {key}")
+    if best < 2:  # the final weights differ from the best ones: model.pt is not simply the last epoch's
+        assert any(not torch.equal(state[k], v) for k, v in validations[2][1].items())
+    # the settings it was trained with, beside it: those inference.json loads it with
+    assert json.loads((out / "models" / "model.json").read_text()) == json.loads((REPO / "models" / "model.json").read_text())
     network = load_denoiser(CONFIGS / "inference.json", out / "models" / "model.pt").network  # strict: keys, shapes
     assert isinstance(network, StructKPN) and network.dose_aware
     assert set(state) == set(network.state_dict())  # a plain state dict, loadable by inference.json
@@ -106,27 +125,27 @@ def test_training_saves_best_model_and_resumable_state(trained):
 
 
 def test_training_resumes_from_checkpoint(trained, tmp_path):
-    out, _ = trained
+    out, _, _ = trained
     flow = workflow(
         "train",
         ["train.json"],
         ckpt_dir=str(tmp_path / "models"),
         output_dir=str(tmp_path / "eval"),
         dataset_dir=str(SAMPLE),
-        epochs=3,
+        epochs=4,
         val_interval=5,
         patches_per_slice=2,
         resume_from=str(out / "models" / "training_final.pt"),
     )
     trainer = flow.parser.get_parsed_content("train#trainer")
     flow.run()
-    assert trainer.state.epoch == 3
-    assert trainer.state.iteration == 3 * int(np.ceil(len(DATALIST["training"]) / 2))  # continued, not restarted
+    assert trainer.state.epoch == 4
+    assert trainer.state.iteration == 4 * int(np.ceil(len(DATALIST["training"]) / 2))  # continued, not restarted
     flow.finalize()
 
 
 def test_evaluate_writes_per_slice_and_mean_metrics(trained, tmp_path):
-    out, _ = trained
+    out, _, _ = trained
     flow = workflow(
         "train",
         ["train.json", "evaluate.json"],
@@ -150,6 +169,20 @@ def test_evaluate_writes_per_slice_and_mean_metrics(trained, tmp_path):
         ndct = read_ct_slice(SAMPLE / item["label"]).hu.clip(-1024, 3072)
         expected.append(psnr_in_window(ldct, ndct))
     assert means["input_psnr"] == pytest.approx(np.mean(expected), abs=1e-3)
+    # The output's PSNR and SSIM: the trained model run slice by slice through load_denoiser (inference.json's
+    # window and conditioning at each item's dose), scored in numpy and scikit-image in the metric window.
+    denoise = load_denoiser(CONFIGS / "inference.json", out / "models" / "model.pt")
+    psnrs, ssims = [], []
+    for item in test_items:
+        ldct = read_ct_slice(SAMPLE / item["image"]).hu
+        ndct = read_ct_slice(SAMPLE / item["label"]).hu.clip(-1024, 3072)
+        denoised = denoise(ldct, dose_fraction=item["dose_fraction"])
+        psnrs.append(psnr_in_window(denoised, ndct))
+        unit = [np.clip((x - -160.0) / 400.0, 0, 1) for x in (denoised, ndct)]
+        ssims.append(structural_similarity(*unit, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                           use_sample_covariance=False))
+    assert means["test_psnr"] == pytest.approx(np.mean(psnrs), abs=1e-3)
+    assert means["test_ssim"] == pytest.approx(np.mean(ssims), abs=5e-3)
 
 
 def test_inference_denoises_each_series_without_touching_inputs(tmp_path):
@@ -188,7 +221,7 @@ def test_inference_without_weights_says_how_to_get_them(tmp_path):
 
 
 def test_command_line_verify_and_export(trained, tmp_path):
-    out, _ = trained
+    out, _, _ = trained
     env = dict(os.environ, PYTHONPATH=str(REPO))
     base = ["--meta_file", META, "--config_file", str(CONFIGS / "inference.json")]
     subprocess.run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", *base], check=True, cwd=REPO, env=env)
