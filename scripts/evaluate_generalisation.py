@@ -14,8 +14,6 @@ texture). Results go to the CSVs as they come: a rerun resumes.
 from __future__ import annotations
 
 import argparse
-import datetime
-import shlex
 import sys
 from pathlib import Path
 
@@ -29,8 +27,7 @@ from bundle.evaluation.generalisation import (
     report_markdown,
     summarise,
 )
-from bundle.io.atomic import atomic_output
-from bundle.utils import git_commit
+from bundle.utils.reporting import provenance, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,14 +83,11 @@ def main() -> None:
             f"![{path.stem}]({path.relative_to(args.report.parent) if args.report else path})" for path in figures
         ) + "\n"
     if args.report:
-        command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+        command = ["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]
         option = f" (`--output_noise {args.output_noise}`)" if args.output_noise else ""
-        header = (f"# The shipped model{option} on held-out blocks at every dose\n\nOutput of `{command}` at commit "
-                  f"`{git_commit(REPO)}` on {datetime.date.today()}. Blocks: `configs/data/shipped_model_blocks.json`"
-                  f"; method: `bundle/evaluation/generalisation.py`.\n\n")
-        with atomic_output(args.report) as temporary:
-            temporary.write_text(header + text)
-
+        write_report(args.report, f"# The shipped model{option} on held-out blocks at every dose\n\n"
+                     f"{provenance(command, REPO)} Blocks: `configs/data/shipped_model_blocks.json`; method: "
+                     f"`bundle/evaluation/generalisation.py`.\n\n{text}")
 
 if __name__ == "__main__":
     main()

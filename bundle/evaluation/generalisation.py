@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bundle.evaluation.denoise import hu_window
 from bundle.evaluation.image_quality import hu_bias, place_flat_rois, roi_noise
 from bundle.io.atomic import atomic_output
 from bundle.io.ct_dicom import read_ct_slice
@@ -51,8 +52,6 @@ PAPER_WINDOW_HU = (-160.0, 240.0)
 BRAIN_WINDOW_HU = (0.0, 80.0)
 #: each anatomy's own window: chest (centre -600, width 1500), abdomen (50, 400), phantom (water, 0, 200)
 ANATOMY_WINDOWS_HU = {"chest": (-1350.0, 150.0), "abdomen": (-150.0, 250.0), "phantom": (-100.0, 100.0)}
-#: the network's window, where BM3D works (the same linear map as the network's input)
-NETWORK_WINDOW_HU = (-1024.0, 3072.0)
 #: reconstruction filter of the simulated added noise per kernel class of a block: smooth kernels (Philips B,
 #: Siemens B40f, GE standard) Hann, sharp kernels (Philips L, Siemens B70f) the unapodised ramp
 KERNEL_NOISE_FILTERS = {"smooth": "hann", "sharp": "ram-lak"}
@@ -72,13 +71,14 @@ def held_out_slices(datalist: os.PathLike | str, slice_step: int = 1) -> Iterato
             yield {**entry, "label": str((datalist.parent / entry["label"]).resolve())}
 
 
-def bm3d_oracle(low_dose_hu: np.ndarray, normal_dose_hu: np.ndarray) -> np.ndarray:
+def bm3d_oracle(low_dose_hu: np.ndarray, normal_dose_hu: np.ndarray,
+                window_hu: tuple[float, float] | None = None) -> np.ndarray:
     """BM3D in correlated-noise mode given the true noise power spectrum of the added noise (an upper bound no user
-    has), in the network's window; returns HU."""
+    has), in the network's window (``hu_window`` of ``configs/inference.json`` when None); returns HU."""
     from bundle.baselines.bm3d import bm3d_denoise
     from bundle.baselines.noise_spectrum import noise_power_spectrum
 
-    low, high = NETWORK_WINDOW_HU
+    low, high = window_hu or hu_window()
     scale = high - low
     image = ((low_dose_hu - low) / scale).astype(np.float64)
     noise = (low_dose_hu - normal_dose_hu) / scale
