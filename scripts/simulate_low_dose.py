@@ -16,6 +16,7 @@ Needs the ``bundle`` package importable (``pip install -e .``); runs from the re
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,7 +42,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error("--report_dir needs --source")
         from bundle.simulation.report import write_simulation_report
 
-        page = write_simulation_report(args.source, args.report_dir, args.template, args.seed)
+        from bundle.utils.reporting import provenance
+
+        command = ["python", "scripts/simulate_low_dose.py", *(sys.argv[1:] if argv is None else argv)]
+        page = write_simulation_report(args.source, args.report_dir, args.template, args.seed,
+                                       provenance(command, REPO))
         print(f"wrote {page} and {page.with_suffix('.png')}")
     elif args.input and args.output:
         simulator = simulator_from_arguments(args)

@@ -109,9 +109,10 @@ def _range(values: list[float], separator: str = "-") -> str:
     return f"{min(values):.1f}{separator}{max(values):.1f}"
 
 
-def write_simulation_report(source_dir: Path, docs_dir: Path, template: Path, seed: int = 0) -> Path:
+def write_simulation_report(source_dir: Path, docs_dir: Path, template: Path, seed: int = 0, header: str = "") -> Path:
     """Measure the default simulator on the Lung-PET-CT-Dx slices under ``source_dir`` and write
-    ``docs_dir/simulation.md`` (``template`` filled) and ``docs_dir/simulation.png``, atomically; returns the page."""
+    ``docs_dir/simulation.md`` (``template`` filled, ``header``, e.g. :func:`bundle.utils.provenance`, as the
+    paragraph under its title) and ``docs_dir/simulation.png``, atomically; returns the page."""
     simulator = LowDoseSimulator()
     rows, spectra, figure_images = [], {}, {}
     for series, names in REPORT_SLICES.items():
@@ -153,7 +154,8 @@ def write_simulation_report(source_dir: Path, docs_dir: Path, template: Path, se
     values = report_values(rows, spectra, shoulder_std, timings, projectors, simulator)
     page = docs_dir / "simulation.md"
     with atomic_output(page) as temporary:
-        temporary.write_text(string.Template(Path(template).read_text()).substitute(values))
+        title, _, body = string.Template(Path(template).read_text()).substitute(values).partition("\n")
+        temporary.write_text(f"{title}\n\n{header}\n{body}" if header else f"{title}\n{body}")
     return page
 
 
