@@ -1,8 +1,9 @@
 """train.json and inference.json must describe the same network on the same window, and metadata must match.
 
-Each config works alone (``--config_file configs/inference.json``, as the Model Zoo runs it), so the values they
-share are declared in each: these tests fail when they disagree, and ``tests/test_model_settings.py`` when a
-checkpoint is loaded with other settings than its own.
+Each config works alone (``--config_file configs/inference.json``, as the Model Zoo runs it) and takes the values and
+blocks it shares with the others from ``configs/common.json`` by MONAI file macros (``"%configs/common.json#id"``):
+these tests fail when a config restates one of them locally or the configs disagree, and
+``tests/test_model_settings.py`` when a checkpoint is loaded with other settings than its own.
 """
 
 from __future__ import annotations
@@ -14,21 +15,131 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from monai.transforms import ScaleIntensityRanged
+from monai.handlers import CheckpointLoader, IgniteMetricHandler, PeakSignalToNoiseRatio
+from monai.metrics import SSIMMetric
+from monai.transforms import LoadImaged, ScaleIntensityRanged
 
 from bundle.io import network_settings
 from bundle.losses import DEFAULT_STRENGTH_SCALE, STRENGTH_CALIBRATION_WINDOW_HU, StructureAwareLoss
-from bundle.transforms import GradientStatisticsd
+from bundle.transforms import GradientStatisticsd, ValidateCTImaged
+from bundle.utils import read_bundle_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+COMMON = "%configs/common.json#"
 SHARED_KEYS = ("hu_window", "kernel_size", "dose_aware", "device", "retain_freed_memory")
+# where each config (with the files its usual command merges before it) places the shared blocks of common.json
+TRAIN_BLOCKS = {
+    "load_transforms": "load_transforms",
+    "metric_window_transforms#0": "inverse_window",
+    "validate#key_metric#val_psnr": "psnr",
+    "validate#additional_metrics#val_ssim": "ssim",
+}
+EVALUATE_BLOCKS = {
+    "load_transforms": "load_transforms",
+    "metric_window_transforms#0": "inverse_window",
+    "validate#handlers#0": "checkpoint_loader",
+    "validate#key_metric#test_psnr": "psnr",
+    "validate#additional_metrics#test_ssim": "ssim",
+    "validate#additional_metrics#input_psnr#max_val": "psnr#max_val",
+    "validate#additional_metrics#input_ssim#metric_fn": "ssim#metric_fn",
+}
+STANDALONE = {  # config files, the shared values they must not restate, their blocks from common.json
+    "inference": (
+        ["inference.json"],
+        SHARED_KEYS,
+        {"load_transforms": "load_transforms", "postprocessing#transforms#0": "inverse_window",
+         "handlers#0": "checkpoint_loader"},
+    ),
+    "train": (["train.json"], SHARED_KEYS, TRAIN_BLOCKS),
+    "evaluate": (["train.json", "evaluate.json"], SHARED_KEYS, EVALUATE_BLOCKS),
+    "image_quality": (["train.json", "evaluate.json", "evaluate_image_quality.json"], SHARED_KEYS, EVALUATE_BLOCKS),
+    # multi_gpu_train.json deliberately replaces device (one GPU per rank)
+    "multi_gpu": (["train.json", "multi_gpu_train.json"], tuple(k for k in SHARED_KEYS if k != "device"), TRAIN_BLOCKS),
+}  # fmt: skip
 HU = torch.tensor([[[-3000.0, -1024.0, -160.0, 0.0, 40.0, 1500.0, 3072.0, 5000.0]]])  # (1, 1, 8) HU
 
 
-def _parser(name: str) -> ConfigParser:
+def _parser(*names: str) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(CONFIGS / name)
+    parser.read_config([str(CONFIGS / name) for name in names])
     return parser
+
+
+def _common() -> dict:
+    return ConfigParser.load_config_file(CONFIGS / "common.json")
+
+
+@pytest.mark.parametrize("name", sorted(STANDALONE))
+def test_each_config_takes_the_shared_values_and_blocks_from_common_json(name):
+    files, values, blocks = STANDALONE[name]
+    parser, common = _parser(*files), ConfigParser(_common())
+    for key in (*values, *blocks):  # as written: a reference to common.json, not a local restatement
+        source = blocks.get(key, key)
+        assert parser[key] == COMMON + source, f"{files[-1]}: {key} is restated locally; use {COMMON}{source}"
+    parser.resolve_macro_and_relative_ids()
+    for key in (*values, *blocks):  # after MONAI resolves the macros: common.json's content, unchanged
+        assert parser[key] == common[blocks.get(key, key)], key
+
+
+@pytest.mark.parametrize("name", sorted(STANDALONE))
+def test_each_config_loads_alone_and_resolves_the_shared_ids_to_the_common_values(name):
+    files, values, _ = STANDALONE[name]
+    parser, common = _parser(*files), ConfigParser(_common())
+    for key in values:
+        if key == "device":  # common.json imports nothing: its expression is evaluated in the including config
+            assert isinstance(parser.get_parsed_content(key), torch.device)
+        else:
+            assert parser.get_parsed_content(key) == common.get_parsed_content(key), key
+    load, validate, window = parser.get_parsed_content("load_transforms")
+    assert isinstance(load, LoadImaged) and isinstance(validate, ValidateCTImaged)
+    assert validate.min_size == common.get_parsed_content("kernel_size")
+    assert (window.scaler.a_min, window.scaler.a_max) == tuple(common.get_parsed_content("hu_window"))
+    if name == "inference":
+        assert validate.allow_volume and validate.add_depth and load.keys == window.keys == ("image",)
+        (loader,) = [h for h in parser.get_parsed_content("handlers") if isinstance(h, CheckpointLoader)]
+        assert loader.load_path == parser.get_parsed_content("ckpt_path")
+        return
+    assert not validate.allow_volume and load.keys == window.keys == ("image", "label")
+    metrics = {**parser.get_parsed_content("validate#key_metric")}
+    metrics.update(parser.get_parsed_content("validate#additional_metrics"))
+    psnr = [m for m in metrics.values() if isinstance(m, PeakSignalToNoiseRatio)]
+    ssim = [m.metric_fn for m in metrics.values() if isinstance(m.metric_fn, SSIMMetric)]
+    assert psnr and ssim and all(isinstance(m, IgniteMetricHandler) for m in metrics.values())
+    assert {m.metric_fn.max_val for m in psnr} == {common.get_parsed_content("psnr#max_val")}
+    data_range = common.get_parsed_content("ssim#metric_fn#data_range")
+    assert {(m.spatial_dims, m.data_range) for m in ssim} == {(2, data_range)}
+    assert len({id(m) for m in ssim}) == len(ssim)  # one metric object (and its buffers) per handler
+
+
+@pytest.mark.parametrize("override", [{"kernel_size": 15}, {"hu_window": [-1000, 2000]}])
+def test_a_command_line_override_of_a_shared_value_reaches_every_block_that_uses_it(override, tmp_path):
+    """``--kernel_size 15`` replaces the top-level macro before MONAI resolves macros, so the copied blocks, which
+    reference ``@kernel_size`` and ``@hu_window``, see the override."""
+    for files in (["inference.json"], ["train.json", "evaluate.json"]):
+        parser = _parser(*files)
+        parser.update({**override, "ckpt_path": str(tmp_path / "untrained.pt")})  # no weights, nothing to check
+        kernel_size, (low, high) = parser.get_parsed_content("kernel_size"), parser.get_parsed_content("hu_window")
+        assert (kernel_size, [low, high]) != (21, [-1024, 3072])
+        _, validate, window = parser.get_parsed_content("load_transforms")
+        assert validate.min_size == parser.get_parsed_content("network_def").kernel_size == kernel_size
+        assert (window.scaler.a_min, window.scaler.a_max) == (low, high)
+        inverse = "postprocessing#transforms#0" if files == ["inference.json"] else "metric_window_transforms#0"
+        assert (parser.get_parsed_content(inverse).scaler.b_min, parser.get_parsed_content(inverse).scaler.b_max) == (
+            low, high
+        )  # fmt: skip
+
+
+def test_configs_read_from_another_working_folder_through_read_bundle_config(tmp_path, monkeypatch):
+    """MONAI opens a macro's relative file from the working folder; ``read_bundle_config`` from the bundle root."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="configs/common.json"):
+        _parser("inference.json").get_parsed_content("hu_window")
+    parser = read_bundle_config(CONFIGS / "inference.json")
+    parser.update({"kernel_size": 15})
+    assert parser.get_parsed_content("hu_window") == ConfigParser(_common()).get_parsed_content("hu_window")
+    assert parser.get_parsed_content("load_transforms")[1].min_size == 15
+    evaluate = read_bundle_config([CONFIGS / "train.json", CONFIGS / "evaluate.json"], bundle_root=CONFIGS.parent)
+    assert evaluate.get_parsed_content("validate#additional_metrics#input_psnr").metric_fn.max_val == 1.0
 
 
 def test_training_and_inference_agree_on_window_and_network():
@@ -66,13 +177,21 @@ def test_training_and_inference_window_the_same_hu_the_same_way():
 
 
 def test_image_quality_config_maps_back_to_hu_with_the_training_window():
-    parser = ConfigParser()
-    parser.read_config([CONFIGS / "train.json", CONFIGS / "evaluate.json", CONFIGS / "evaluate_image_quality.json"])
+    """Its postprocessing gives HU copies (training's window mapped back) and the metric-window images."""
+    parser = _parser("train.json", "evaluate.json", "evaluate_image_quality.json")
     low, high = parser.get_parsed_content("hu_window")
-    (inverse,) = _windows(parser.get_parsed_content("hu_copy_transforms"))
-    unit = torch.tensor([[[0.0, 0.25, 1.0]]])
-    data = inverse({"pred_hu": unit, "label_hu": unit, "image_hu": unit})
-    torch.testing.assert_close(torch.as_tensor(data["pred_hu"]), low + unit * (high - low))
+    metric_low, metric_high = parser.get_parsed_content("metric_hu_window")
+    unit = torch.tensor([[[0.0, 0.25, 0.28, 1.0]]])  # (1, 1, 4) in the network's [0, 1]
+    data = parser.get_parsed_content("validate#postprocessing")(
+        {"pred": unit.clone(), "label": unit.flip(-1), "image": torch.cat([unit, unit / 2, unit / 4])}
+    )
+    hu = low + unit * (high - low)
+    torch.testing.assert_close(torch.as_tensor(data["pred_hu"]), hu)
+    torch.testing.assert_close(torch.as_tensor(data["label_hu"]), hu.flip(-1))
+    torch.testing.assert_close(torch.as_tensor(data["image_hu"])[:1], hu)
+    in_metric_window = ((hu - metric_low) / (metric_high - metric_low)).clamp(0, 1)
+    torch.testing.assert_close(torch.as_tensor(data["pred"]), in_metric_window)
+    torch.testing.assert_close(torch.as_tensor(data["image_low_dose"]), in_metric_window)
 
 
 def test_training_window_is_the_one_the_loss_strength_scale_was_calibrated_on():

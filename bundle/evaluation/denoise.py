@@ -12,6 +12,7 @@ from monai.transforms import LoadImaged, ScaleIntensityRanged
 
 from bundle.io.model_settings import check_model_settings
 from bundle.transforms import ValidateCTImaged
+from bundle.utils.config import read_bundle_config
 
 __all__ = ["Denoiser", "configured_network", "hu_window", "load_denoiser", "load_network", "windowed"]
 
@@ -71,15 +72,14 @@ class Denoiser:
 
 
 def _parser(config_file: os.PathLike | str | Sequence[os.PathLike | str], overrides: dict) -> ConfigParser:
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in config_file] if isinstance(config_file, (list, tuple)) else str(config_file))
+    parser = read_bundle_config(config_file)  # its configs/common.json macros resolve from any working folder
     parser.update({key.replace("__", "#"): value for key, value in overrides.items()})
     return parser
 
 
 def hu_window(config_file: os.PathLike | str | Sequence[os.PathLike | str] = "configs/inference.json") -> tuple[float, float]:
     """The network's input window ``hu_window`` (HU) declared by a bundle config."""
-    low, high = ConfigParser(ConfigParser.load_config_files(config_file)).get_parsed_content("hu_window")
+    low, high = read_bundle_config(config_file).get_parsed_content("hu_window")
     return float(low), float(high)
 
 

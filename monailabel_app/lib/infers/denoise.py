@@ -3,7 +3,8 @@
 Everything model-specific comes from the bundle itself, so the task and ``python -m monai.bundle run inference``
 cannot drift apart:
 
-- ``configs/inference.json`` (read with :class:`monai.bundle.ConfigParser`) gives the network (``network_def``),
+- ``configs/inference.json`` (a :class:`monai.bundle.ConfigParser` from :func:`bundle.utils.read_bundle_config`,
+  with the values and blocks it shares from ``configs/common.json``) gives the network (``network_def``),
   the weights (``ckpt_path``), the preprocessing (``LoadImaged`` with :class:`bundle.io.CTDicomReader`, the CT
   checks, the window ``hu_window`` = [-1024, 3072] HU scaled to [0, 1], and for the dose-aware network the
   conditioning channels of :class:`bundle.transforms.AddDoseConditiond` at ``dose_fraction``), the slice-by-slice
@@ -29,7 +30,7 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from bundle.io import AtomicNibabelWriter
-from bundle.utils import retain_freed_memory
+from bundle.utils import read_bundle_config, retain_freed_memory
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
@@ -82,9 +83,9 @@ class StructKPNDenoise(BasicInferTask):
         )
 
     def _parser(self) -> ConfigParser:
-        """A fresh parse of the bundle config (transforms hold per-call state, e.g. the DICOM reader)."""
-        parser = ConfigParser()
-        parser.read_config(self.config_file)
+        """A fresh parse of the bundle config (transforms hold per-call state, e.g. the DICOM reader), its
+        ``configs/common.json`` macros read under ``bundle_root`` whatever the server's working folder."""
+        parser = read_bundle_config(self.config_file, self.bundle_root)
         parser["bundle_root"] = self.bundle_root
         parser.update(self.overrides)
         return parser
