@@ -41,40 +41,87 @@ def sample_slice_and_shipped_model() -> tuple[torch.Tensor, torch.nn.Module]:
     return image, network.eval()
 
 
-def test_benchmark_trains_evaluates_and_reports(tmp_path):
-    """One-epoch StructKPN and the low-dose input on one test slice: tables, CSV, figures, resumable."""
+def block_datalist(tmp_path: Path) -> Path:
+    """A block datalist of the embedded sample: its training and validation pairs (copied, absolute paths) and one
+    held-out normal-dose test slice of each of two blocks (Siemens B40f chest)."""
+    sample = json.loads((SAMPLE / "datalist.json").read_text())
+    absolute = lambda e: {**e, "image": str(SAMPLE / e["image"]), "label": str(SAMPLE / e["label"])}  # noqa: E731
+    test = [{"label": str(SAMPLE / e["label"]), "block": block, "anatomy": "chest", "kernel": "smooth"}
+            for e, block in zip(sample["test"][:2], ("chest-a", "chest-b"))]  # fmt: skip
+    datalist = {"training": [absolute(e) for e in sample["training"]],
+                "validation": [absolute(e) for e in sample["validation"][:1]], "test": test}  # fmt: skip
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    return path
+
+
+def test_benchmark_pilots_trains_evaluates_reports_and_resumes(tmp_path):
+    """One-epoch pilots at two learning rates, StructKPN trained at the better one, the input and StructKPN scored
+    on two held-out blocks: tables, CSV, figures; a rerun does nothing, a lost result is redone."""
     output, report = tmp_path / "bench", tmp_path / "report" / "benchmark.md"
     command = [
-        sys.executable, "scripts/benchmark.py", "--datalist", str(SAMPLE / "datalist.json"), "--output_dir",
-        str(output), "--report", str(report), "--methods", "ldct", "structkpn", "--epochs", "1",
-        "--max_test_slices", "1", "--dose_methods", "ldct",
+        sys.executable, "scripts/benchmark.py", "--datalist", str(block_datalist(tmp_path)), "--output_dir",
+        str(output), "--report", str(report), "--methods", "ldct", "structkpn", "--epochs", "1", "--pilot_epochs",
+        "1", "--learning_rates", "0.0001", "0.001", "--validation_step", "1", "--doses", "0.25", "--slice_step", "1",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
+    # the input's row is the PSNR of the very low-dose slice it was given, computed independently
     selection = json.loads((output / "test_selection.json").read_text())
-    (entry,) = selection["entries"]
-    ldct = read_ct_slice(SAMPLE / entry["image"]).hu.clip(-1024, 3072)
-    ndct = read_ct_slice(SAMPLE / entry["label"]).hu.clip(-1024, 3072)
-    expected = paper_window_psnr(ldct, ndct)
+    assert [e["block"] for e in selection["entries"]] == ["chest-a", "chest-b"]
+    rows = list(csv.DictReader(open(report.with_suffix("") / "benchmark.csv")))
+    for row in (r for r in rows if r["method"] == "ldct"):
+        entry = next(e for e in selection["entries"] if e["block"] == row["block"])
+        (low_dose,) = (output / "low_dose").glob(f"{row['block']}-{Path(entry['label']).stem}-*-dose0.25.npy")
+        expected = paper_window_psnr(np.load(low_dose), read_ct_slice(entry["label"]).hu)
+        assert float(row["psnr_paper"]) == pytest.approx(expected, abs=1e-3)
+    assert {(r["method"], r["block"]) for r in rows} == {(m, b) for m in ("ldct", "structkpn") for b in ("chest-a", "chest-b")}
 
-    rows = {row["method"]: row for row in csv.DictReader(open(report.with_suffix("") / "benchmark.csv"))}
-    assert set(rows) == {"ldct", "structkpn"}
-    assert float(rows["ldct"]["psnr_paper"]) == pytest.approx(expected, abs=1e-3)
-    assert 0.0 < float(rows["structkpn"]["ssim_paper"]) <= 1.0
+    # the learning rate with the better validation score trains the run
+    pilot = json.loads((output / "pilots/structkpn.json").read_text())
+    scores = {float(lr): s["validation_psnr"] for lr, s in pilot["scores"].items()}
+    assert set(scores) == {0.0001, 0.001} and pilot["chosen"] == max(scores, key=scores.get)
     record = json.loads((output / "runs/structkpn/done.json").read_text())
-    assert record["patches"] == 1 * len(json.loads((SAMPLE / "datalist.json").read_text())["training"]) * 8
+    assert record["learning_rate"] == pilot["chosen"]
+    assert record["patches"] == 1 * 4 * 8  # 1 epoch x 4 training slices x 8 patches
     text = report.read_text()
-    assert text.index("| ldct |") < text.index("| structkpn |")  # the low-dose input is the first row
-    for figure in ("comparison.png", "loss_components.png", "kernels.png"):
-        assert (report.with_suffix("") / figure).stat().st_size > 1000
+    assert text.index("| `ldct` |") < text.index("| `structkpn` |")
+    for figure in ("chest-a.png", "chest-b.png", "loss_components.png", "kernels.png", "training_curves.png"):
+        assert (report.with_suffix("") / figure).stat().st_size > 1000, figure
 
-    # rerunning trains and evaluates nothing again
+    # rerunning trains and evaluates nothing again; a lost result (another machine: no figure slices) is redone
     before = (output / "results/structkpn.json").stat().st_mtime_ns
+    (output / "results/ldct.json").unlink()
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "[train]" not in again.stdout and "[evaluate]" not in again.stdout
+    assert "[train]" not in again.stdout and "[pilot]" not in again.stdout
+    assert "[evaluate] ldct" in again.stdout and "[evaluate] structkpn" not in again.stdout
     assert (output / "results/structkpn.json").stat().st_mtime_ns == before
+
+
+def test_training_curve_reads_the_last_pass_of_each_epoch(tmp_path):
+    """Epoch means from a train.json log, a resumed epoch counted once (its last pass)."""
+    from bundle.evaluation.benchmark import training_curve
+
+    log = tmp_path / "train.log"
+    lines = ["Epoch: 1/2, Iter: 1/2 -- train_loss: 0.5", "Epoch: 1/2, Iter: 2/2 -- train_loss: 0.3",
+             "Epoch: 2/2, Iter: 1/2 -- train_loss: 9.0", "resumed", "Epoch: 2/2, Iter: 1/2 -- train_loss: 0.2",
+             "Epoch: 2/2, Iter: 2/2 -- train_loss: 0.1"]  # fmt: skip
+    log.write_text("\n".join(f"2026-12-01 10:00:00,000 - INFO - {line} " for line in lines))
+    assert training_curve(log) == pytest.approx([0.4, 0.15])
+
+
+def test_oracle_methods_need_the_added_noise_and_use_its_level():
+    """K-SVD given the true noise level denoises a noisy flat image towards its value; without the noise it refuses."""
+    rng = np.random.default_rng(0)
+    flat = np.full((64, 64), 40.0, dtype=np.float32)
+    noise = rng.normal(0.0, 30.0, flat.shape).astype(np.float32)
+    denoise = method_denoiser(METHODS["ksvd_oracle"], REPO)
+    with pytest.raises(ValueError, match="ksvd_oracle is an oracle"):
+        denoise(flat + noise, 0.25)
+    output = denoise(flat + noise, 0.25, noise)
+    assert np.abs(output - flat).std() < 0.5 * noise.std()
 
 
 def test_benchmark_feeds_dose_aware_structkpn_its_conditioning_and_baselines_the_image(tmp_path):
@@ -84,7 +131,7 @@ def test_benchmark_feeds_dose_aware_structkpn_its_conditioning_and_baselines_the
 
     hu = np.random.default_rng(0).uniform(-1100.0, 3200.0, (48, 40)).astype(np.float32)
     image = torch.from_numpy(((hu.clip(-1024, 3072) + 1024) / 4096).astype(np.float32))
-    for name, dose_aware in (("structkpn", True), ("structkpn_authors", True), ("redcnn", False), ("wavresnet", False)):
+    for name, dose_aware in (("structkpn", True), ("structkpn_authors", True), ("redcnn", False), ("unet", False), ("wavresnet", False)):
         method = METHODS[name]
         weights = tmp_path / f"{name}.pt"  # the untrained weights of the method's own configs
         configs = [REPO / "configs/train.json", *[REPO / f for f in method.config_files]]
@@ -99,11 +146,10 @@ def test_benchmark_feeds_dose_aware_structkpn_its_conditioning_and_baselines_the
         assert denoiser(hu, 0.4).shape == (48, 40), name
 
 
-def test_classical_methods_see_the_windowed_slice_and_return_hu():
-    """The identity method returns the input clipped to inference.json's window [-1024, 3072] HU, exactly."""
+def test_identity_method_returns_the_input_unchanged():
+    """The low-dose row is the input as the scanner gives it, HU below and above the network's window included."""
     hu = np.array([[-2000.0, -1024.0, 0.0], [40.0, 3072.0, 5000.0], [1.5, -3.25, 100.0]], dtype=np.float32)
-    output = method_denoiser(METHODS["ldct"], REPO)(hu, 0.25)
-    np.testing.assert_allclose(output, np.clip(hu, -1024, 3072), atol=1e-3)
+    np.testing.assert_array_equal(method_denoiser(METHODS["ldct"], REPO)(hu, 0.25), hu)
 
 
 def test_speed_benchmark_prints_local_convolution_ratios(tmp_path):

@@ -1,13 +1,23 @@
-"""The method benchmark: every denoiser on a datalist's test split (paper Tables 1-3), trained with the same budget.
+"""The method benchmark (paper Tables 1-3) on the held-out blocks of every anatomy and kernel, each method at its best.
 
-Methods (:data:`METHODS`) share one call signature, ``denoise(hu, dose_fraction) -> hu`` on (H, W) slices in HU
-(:func:`method_denoiser`): ``ldct`` (the low-dose input itself), ``bm3d``, ``ksvd``, and learned methods, each
-``configs/train.json`` with its own network and loss override configs (``configs/networks``, ``configs/losses``),
-denoising through ``configs/inference.json``'s window and (for a dose-aware network) dose conditioning.
+Test data: every ``slice_step``-th normal-dose slice of each ``test`` block of a block datalist
+(:func:`bundle.simulation.blocks.prepare_block_datalist`; the shipped model's is made by
+``scripts/prepare_shipped_model_data.py``) at each dose of ``doses``, made low-dose as
+:mod:`bundle.evaluation.generalisation` does (the bundle's simulator at its defaults, the reconstruction filter of
+the block's kernel, seeded by slice and dose: the very noise of ``docs/generalisation.md``). Every method maps a slice
+in HU to HU with one call, ``denoise(hu, dose_fraction, added_noise_hu)`` (:func:`method_denoiser`); only the oracle
+rows read the added noise.
 
-:func:`run_benchmark` trains every learned method with ``python -m monai.bundle run training`` (resumable), evaluates
-each method in a fresh process (:func:`~bundle.evaluation.isolation.run_in_fresh_process`: clean peak memory) and
-writes the report (:func:`bundle.evaluation.benchmark_report.write_benchmark_report`).
+Methods (:data:`METHODS`): ``ldct`` (the input); BM3D and K-SVD as a user runs them (noise power spectrum, or level,
+estimated from the slice's flattest tiles) and as oracles (given those of the very noise that was added: upper bounds
+no user has); learned methods, each ``configs/train.json`` with its network and loss override configs
+(``configs/networks``, ``configs/losses``), all trained on the datalist's training split by the same pipeline (same
+slices, noise draws and patches) with the same budget, each at the learning rate its family's pilot runs score best
+on the datalist's validation split (:func:`select_learning_rate`; the test blocks never choose anything).
+
+:func:`run_benchmark` resumes after a kill at any point (every stage writes its output atomically and skips what
+exists; training resumes from its last epoch checkpoint) and rewrites the report after each method, naming what is
+still to run (:func:`bundle.evaluation.benchmark_report.write_benchmark_report`).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -28,77 +39,112 @@ import torch
 
 from bundle.evaluation.isolation import run_in_fresh_process
 
-__all__ = ["ABLATIONS", "METHODS", "BenchmarkSettings", "Method", "evaluate", "method_denoiser", "run_benchmark",
-           "select_test_slices", "train"]  # fmt: skip
+__all__ = ["ABLATIONS", "MAIN_METHODS", "METHODS", "PAPER_TABLES", "BenchmarkSettings", "Method", "evaluate",
+           "low_dose_slice", "method_denoiser", "run_benchmark", "select_learning_rate", "select_test_slices", "train",
+           "training_curve", "validation_psnr"]  # fmt: skip
+
+Denoise = Callable[[np.ndarray, float, "np.ndarray | None"], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A denoiser of the benchmark: ``kind`` is ``"identity"``, ``"classical"`` or ``"learned"``; a learned one is
-    ``configs/train.json`` with ``config_files`` (relative to the repository) and ``overrides`` on top."""
+    """A denoiser of the benchmark. ``kind``: ``"identity"``, ``"classical"``, ``"oracle"`` (a classical method given
+    the added noise) or ``"learned"``: ``configs/train.json`` with ``config_files`` (relative to the repository) and
+    ``overrides`` on top, trained with the ``budget`` (``"main"`` or ``"ablation"``) at the learning rate chosen for
+    its ``family``."""
 
     name: str
     kind: str
     description: str
     config_files: tuple[str, ...] = ()
     overrides: dict = field(default_factory=dict)
+    budget: str = "main"
+    family: str = ""
 
 
+_REDCNN, _WAVRESNET, _UNET = "configs/networks/redcnn.json", "configs/networks/wavresnet.json", "configs/networks/basicunet.json"
+_MSE, _L1 = "configs/losses/mse.json", "configs/losses/l1.json"
 METHODS = {
     m.name: m
     for m in [
         Method("ldct", "identity", "low-dose input"),
-        Method("bm3d", "classical", "BM3D, white-noise mode, sigma estimated from the input"),
-        Method("ksvd", "classical", "K-SVD, dictionary learned on the input, OMP"),
-        Method("redcnn", "learned", "RED-CNN, MSE loss", ("configs/networks/redcnn.json", "configs/losses/mse.json")),
-        Method("wavresnet", "learned", "WavResNet (stationary Haar), MSE loss",
-               ("configs/networks/wavresnet.json", "configs/losses/mse.json")),  # fmt: skip
-        Method("structkpn", "learned", "StructKPN lite, structure-aware loss, k = 21"),
-        Method("redcnn_l1", "learned", "RED-CNN, L1 loss", ("configs/networks/redcnn.json", "configs/losses/l1.json")),
-        Method("redcnn_sa", "learned", "RED-CNN, structure-aware loss", ("configs/networks/redcnn.json",)),
-        Method("structkpn_l1", "learned", "StructKPN lite, L1 loss", ("configs/losses/l1.json",)),
+        Method("bm3d", "classical", "BM3D, correlated-noise mode, noise power spectrum estimated from the slice"),
+        Method("bm3d_oracle", "oracle", "BM3D, correlated-noise mode, given the true noise power spectrum (upper bound)"),
+        Method("ksvd", "classical", "K-SVD, dictionary learned on the slice, noise level estimated from the slice"),
+        Method("ksvd_oracle", "oracle", "K-SVD, given the true noise level (upper bound)"),
+        Method("structkpn", "learned", "StructKPN lite, dose-aware, structure-aware loss, k = 21", family="structkpn"),
+        Method("redcnn", "learned", "RED-CNN, MSE loss", (_REDCNN, _MSE), family="redcnn"),
+        Method("unet", "learned", "MONAI BasicUNet predicting the residual, MSE loss", (_UNET, _MSE), family="unet"),
+        Method("wavresnet", "learned", "WavResNet (stationary Haar), MSE loss", (_WAVRESNET, _MSE), family="wavresnet"),
+        Method("redcnn_l1", "learned", "RED-CNN, L1 loss", (_REDCNN, _L1), budget="ablation", family="redcnn"),
+        Method("redcnn_sa", "learned", "RED-CNN, structure-aware loss", (_REDCNN,), budget="ablation", family="redcnn"),
+        Method("structkpn_l1", "learned", "StructKPN lite, L1 loss", (_L1,), budget="ablation", family="structkpn"),
+        Method("structkpn_sa", "learned", "StructKPN lite, structure-aware loss, k = 21", budget="ablation",
+               family="structkpn"),  # fmt: skip
         *[
-            Method(f"structkpn_k{k}", "learned", f"StructKPN lite, structure-aware loss, k = {k}", (), {"kernel_size": k})
+            Method(f"structkpn_k{k}", "learned", f"StructKPN lite, structure-aware loss, k = {k}", (),
+                   {"kernel_size": k}, budget="ablation", family="structkpn")  # fmt: skip
             for k in (15, 19, 23, 27)
         ],
-        Method("structkpn_authors", "learned",
-               "StructKPN authors' preset (full resolution, 24 blocks), structure-aware loss",
-               ("configs/networks/structkpn_authors.json",)),  # fmt: skip
+        Method("structkpn_authors", "learned", "StructKPN authors' preset (full resolution, 24 blocks)",
+               ("configs/networks/structkpn_authors.json",), budget="ablation", family="structkpn"),  # fmt: skip
     ]
 }
+MAIN_METHODS = ("ldct", "bm3d", "bm3d_oracle", "ksvd", "ksvd_oracle", "structkpn", "redcnn", "unet", "wavresnet")
 ABLATIONS = {
-    "loss": ("redcnn", "redcnn_l1", "redcnn_sa", "structkpn_l1", "structkpn"),
-    "kernel_size": ("structkpn_k15", "structkpn_k19", "structkpn", "structkpn_k23", "structkpn_k27"),
-    "preset": ("structkpn", "structkpn_authors"),
+    "loss": ("redcnn_l1", "redcnn_sa", "structkpn_l1", "structkpn_sa"),
+    "kernel_size": ("structkpn_k15", "structkpn_k19", "structkpn_sa", "structkpn_k23", "structkpn_k27"),
+    "preset": ("structkpn_sa", "structkpn_authors"),
 }
+#: the paper's PSNR (dB) / SSIM on its NIH data at quarter dose, window [-160, 240] HU: Table 1 (methods), Table 2
+#: (losses), Table 3 (kernel sizes), under this benchmark's method names
+PAPER_TABLES = {
+    "methods": {"ldct": (27.93, 0.829), "ksvd": (31.11, 0.860), "bm3d": (31.48, 0.871), "wavresnet": (32.32, 0.876),
+                "redcnn": (32.35, 0.887), "structkpn": (32.56, 0.893)},
+    "loss": {"redcnn_l1": (32.35, 0.887), "redcnn_sa": (32.42, 0.890), "structkpn_l1": (32.45, 0.888),
+             "structkpn_sa": (32.56, 0.893)},
+    "kernel_size": {"structkpn_k15": (32.50, 0.890), "structkpn_k19": (32.55, 0.893), "structkpn_sa": (32.56, 0.893),
+                    "structkpn_k23": (32.58, 0.894), "structkpn_k27": (32.53, 0.891)},
+}  # fmt: skip
 
 
 @dataclass
 class BenchmarkSettings:
-    """What :func:`run_benchmark` runs: the data, the methods, the test dose(s), the shared training budget, where
-    results and the report go (``report``'s figures in the folder of its stem), and the command stated in it."""
+    """What :func:`run_benchmark` runs: the block datalist, the methods, the doses (``dose``: the main tables'), the
+    test slices, the budgets, the pilot learning rates, where results and the report go (figures in the folder of
+    its stem) and the command the report states."""
 
     repo: Path
     datalist: Path
-    dataset_dir: Path
     output_dir: Path
     report: Path
     command: list[str]
-    methods: list[str] = field(default_factory=lambda: ["ldct", "bm3d", "ksvd", "redcnn", "wavresnet", "structkpn"])
+    methods: list[str] = field(default_factory=lambda: list(MAIN_METHODS))
     ablations: list[str] = field(default_factory=list)
     pretrained: dict[str, str] = field(default_factory=dict)
+    doses: tuple[float, ...] = (0.1, 0.25, 0.5)
     dose: float = 0.25
-    dose_methods: list[str] = field(default_factory=lambda: ["ldct", "bm3d", "redcnn", "structkpn"])
-    train_split: str = "training"
-    test_split: str = "test"
-    max_test_slices: int = 0
-    epochs: int = 6
+    slice_step: int = 4
+    seed: int = 1000
+    cache_dir: Path | None = None
+    epochs: int = 50
+    ablation_epochs: int = 10
+    pilot_epochs: int = 2
+    learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    validation_step: int = 2
     batch_size: int = 2
     patches_per_slice: int = 8
     patch_size: tuple[int, int] = (64, 64)
-    learning_rate: float = 2e-4
     notes: Path | None = None
     threads: int = field(default_factory=torch.get_num_threads)
+
+    @property
+    def low_dose_dir(self) -> Path:
+        """Where the simulated low-dose test slices are kept (``cache_dir``, else ``output_dir/low_dose``)."""
+        return Path(self.cache_dir) if self.cache_dir else self.output_dir / "low_dose"
+
+    def budget_epochs(self, method: Method) -> int:
+        return self.epochs if method.budget == "main" else self.ablation_epochs
 
 
 def method_of(name: str) -> Method:
@@ -106,168 +152,323 @@ def method_of(name: str) -> Method:
     return METHODS.get(name) or Method(name, "learned", "StructKPN lite, pretrained")
 
 
-def method_denoiser(method: Method, repo: Path, weights: Path | None = None) -> Callable[[np.ndarray, float], np.ndarray]:
-    """``denoise(hu, dose_fraction) -> hu`` of ``method`` on an (H, W) slice in HU; a learned method's is a
-    :class:`~bundle.evaluation.denoise.Denoiser` (its network: ``.network``) with the ``weights`` file."""
-    from bundle.evaluation.denoise import hu_window, load_denoiser, load_network, windowed
+def method_denoiser(method: Method, repo: Path, weights: Path | None = None) -> Denoise:
+    """``denoise(hu, dose_fraction, added_noise_hu=None) -> hu`` of ``method`` on an (H, W) slice in HU.
+
+    A learned method runs through ``configs/inference.json``'s window and, when dose-aware, its conditioning at
+    ``dose_fraction`` (:class:`~bundle.evaluation.denoise.Denoiser`, network at ``.network``, with ``weights``).
+    Classical methods see the slice in that window mapped to [0, 1]; oracle ones also the added noise (same units).
+    ``ldct`` returns the input unchanged, as the scanner gives it.
+    """
+    from bundle.evaluation.denoise import hu_window, load_denoiser, load_network
 
     inference = repo / "configs/inference.json"
+    low, high = hu_window(inference)
     if method.kind == "learned":
-        config_files = [repo / "configs/train.json", *[repo / f for f in method.config_files]]
-        network = load_network(config_files, weights, **method.overrides)
-        return load_denoiser(inference, network=network, dose_aware=bool(getattr(network, "dose_aware", False)))
-    if method.name == "bm3d":
-        from bundle.baselines.bm3d import bm3d_denoise
+        network = load_network([repo / "configs/train.json", *[repo / f for f in method.config_files]], weights,
+                               **method.overrides)  # fmt: skip
+        denoiser = load_denoiser(inference, network=network, dose_aware=bool(getattr(network, "dose_aware", False)))
 
-        return windowed(bm3d_denoise, hu_window(inference))
-    if method.name == "ksvd":
-        from bundle.baselines.ksvd import ksvd_denoise
+        def learned(hu: np.ndarray, dose_fraction: float, added_noise_hu: np.ndarray | None = None) -> np.ndarray:
+            return denoiser(hu, dose_fraction)
 
-        return windowed(lambda image: ksvd_denoise(image, random_state=0), hu_window(inference))
-    return windowed(lambda image: image, hu_window(inference))  # the input, clipped to the network's window
+        learned.network, learned.network_input = denoiser.network, denoiser.network_input
+        return learned
+    if method.kind == "identity":
+        return lambda hu, dose_fraction, added_noise_hu=None: np.asarray(hu, dtype=np.float32)
+
+    from bundle.baselines.bm3d import bm3d_denoise
+    from bundle.baselines.ksvd import ksvd_denoise
+    from bundle.baselines.noise_spectrum import (
+        estimate_noise_power_spectrum,
+        noise_power_spectrum,
+        noise_std_from_power_spectrum,
+    )
+
+    def classical(hu: np.ndarray, dose_fraction: float, added_noise_hu: np.ndarray | None = None) -> np.ndarray:
+        image = np.clip((np.asarray(hu, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+        if method.kind == "oracle":
+            if added_noise_hu is None:
+                raise ValueError(f"{method.name} is an oracle: it needs the added noise (added_noise_hu)")
+            noise = np.asarray(added_noise_hu, dtype=np.float64) / (high - low)
+            psd, sigma = noise_power_spectrum(noise), float(noise.std())
+        else:
+            psd = estimate_noise_power_spectrum(image)
+            sigma = noise_std_from_power_spectrum(psd)
+        if method.name.startswith("bm3d"):
+            denoised = bm3d_denoise(image, noise_psd=psd)
+        else:
+            denoised = ksvd_denoise(image, sigma=sigma, random_state=0)
+        return (np.asarray(denoised) * (high - low) + low).astype(np.float32)
+
+    return classical
 
 
-def train(method: Method, settings: BenchmarkSettings, train_count: int) -> dict:
-    """Train ``method`` with train.json into ``output_dir/runs/<name>`` (resuming an interrupted run, nothing to do
-    when done); returns the run's record (command, seconds, epochs, iterations, patches)."""
-    run_dir = settings.output_dir / "runs" / method.name
+def train(method: Method, settings: BenchmarkSettings, epochs: int, learning_rate: float, run_dir: Path) -> dict:
+    """Train ``method`` with train.json for ``epochs`` at ``learning_rate`` into ``run_dir`` (resuming an
+    interrupted run; nothing to do when done); returns the run's record (command, seconds, epochs, iterations,
+    patches, learning rate). The weights are ``run_dir/model.pt``."""
     record_path = run_dir / "done.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_files = ["configs/train.json", *method.config_files]
+    train_count = len(json.loads(settings.datalist.read_text())["training"])
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--meta_file", "configs/metadata.json",
-               "--config_file", repr(config_files)]  # fmt: skip
+               "--config_file", repr(["configs/train.json", *method.config_files])]  # fmt: skip
     for key, value in method.overrides.items():
         command += [f"--{key}", str(value)]
     command += ["--logging_file", "configs/logging.conf", "--bundle_root", str(settings.repo)]
-    command += ["--dataset_dir", str(settings.dataset_dir), "--datalist", str(settings.datalist)]
+    command += ["--dataset_dir", str(settings.datalist.parent), "--datalist", str(settings.datalist)]
     command += ["--ckpt_dir", str(run_dir), "--output_dir", str(run_dir / "log")]
-    command += ["--epochs", str(settings.epochs), "--batch_size", str(settings.batch_size)]
+    command += ["--epochs", str(epochs), "--batch_size", str(settings.batch_size)]
     command += ["--patches_per_slice", str(settings.patches_per_slice), "--patch_size", repr(list(settings.patch_size))]
-    command += ["--learning_rate", str(settings.learning_rate), "--val_interval", str(10**9)]
-    command += ["--validate#dataset#data", "$[]"]  # no validation during benchmark training
+    command += ["--learning_rate", str(learning_rate), "--val_interval", str(10**9)]
+    command += ["--validate#dataset#data", "$[]"]  # the validation split only chooses learning rates (pilots)
     checkpoints = sorted(run_dir.glob("training_checkpoint_*.pt"), key=os.path.getmtime)
     if checkpoints:
         command += ["--resume_from", str(checkpoints[-1])]
     elapsed_path = run_dir / "elapsed_seconds.txt"
     elapsed = float(elapsed_path.read_text()) if elapsed_path.exists() else 0.0
-    print(f"[train] {method.name}: {shlex.join(command)}", flush=True)
+    print(f"[train] {run_dir.name}: {shlex.join(command)}", flush=True)
     start = time.perf_counter()
     with open(run_dir / "train.log", "a") as log:
         result = subprocess.run(command, cwd=settings.repo, stdout=log, stderr=subprocess.STDOUT)
     elapsed += time.perf_counter() - start
     elapsed_path.write_text(f"{elapsed:.1f}")
     if result.returncode != 0:
-        raise RuntimeError(f"training {method.name} failed (exit {result.returncode}); see {run_dir / 'train.log'}")
+        raise RuntimeError(f"training {run_dir.name} failed (exit {result.returncode}); see {run_dir / 'train.log'}")
     state = torch.load(run_dir / "training_final.pt", map_location="cpu", weights_only=True)["model"]
     torch.save(state, run_dir / "model.pt")
+    for checkpoint in run_dir.glob("training_*.pt"):  # the weights are kept; optimizer states are not needed now
+        checkpoint.unlink()
     record = {
         "command": shlex.join(command),
         "train_seconds": round(elapsed, 1),
-        "epochs": settings.epochs,
-        "iterations": settings.epochs * math.ceil(train_count / settings.batch_size),
-        "patches": settings.epochs * train_count * settings.patches_per_slice,
+        "epochs": epochs,
+        "learning_rate": learning_rate,
+        "iterations": epochs * math.ceil(train_count / settings.batch_size),
+        "patches": epochs * train_count * settings.patches_per_slice,
     }
     record_path.write_text(json.dumps(record, indent=2))
     return record
 
 
-def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None, all_doses: bool) -> Path:
-    """Denoise the selected test slices (at the main dose, or every dose) with ``method``; writes and returns
-    ``output_dir/results/<name>.json`` (per slice: PSNR/SSIM in the report windows, seconds HU to HU; the peak
-    memory beyond the loaded model and data) and the figure slice's output (``<name>.figure.npy``, HU)."""
-    from bundle.evaluation.denoise import hu_window
+def validation_psnr(method: Method, settings: BenchmarkSettings, weights: Path) -> float:
+    """Mean PSNR (dB, paper window) of ``method`` with ``weights`` on every ``validation_step``-th pair of the
+    datalist's ``validation`` split (low-dose ``image``, normal-dose ``label``, ``dose_fraction``)."""
+    from bundle.io.ct_dicom import read_ct_slice
+    from bundle.utils import PAPER_WINDOW_HU, windowed_quality
+
+    torch.set_num_threads(settings.threads)
+    entries = json.loads(settings.datalist.read_text())["validation"][:: settings.validation_step]
+    if not entries:
+        raise ValueError(f"{settings.datalist}: the validation split is empty; pilots need it to choose rates")
+    denoise = method_denoiser(method, settings.repo, weights)
+    scores = []
+    for entry in entries:
+        image = read_ct_slice(settings.datalist.parent / entry["image"]).hu
+        label = read_ct_slice(settings.datalist.parent / entry["label"]).hu
+        output = denoise(image, float(entry["dose_fraction"]))
+        scores.append(windowed_quality(output, label, {"paper": PAPER_WINDOW_HU})["psnr_paper"])
+    return float(np.mean(scores))
+
+
+def select_learning_rate(family: Method, settings: BenchmarkSettings) -> dict:
+    """The learning rate of ``family``'s methods: ``pilot_epochs`` epochs at each of ``learning_rates`` (same data
+    and schedule shape as the full run), each scored by :func:`validation_psnr`; the best is chosen. Written to
+    ``output_dir/pilots/<family>.json`` as each pilot ends (a rerun continues)."""
+    path = settings.output_dir / "pilots" / f"{family.family}.json"
+    record = json.loads(path.read_text()) if path.exists() else {"epochs": settings.pilot_epochs, "scores": {}}
+    for learning_rate in settings.learning_rates:
+        if f"{learning_rate:g}" in record["scores"]:
+            continue
+        run_dir = settings.output_dir / "pilots" / f"{family.family}-lr{learning_rate:g}"
+        run = train(family, settings, settings.pilot_epochs, learning_rate, run_dir)
+        score = run_in_fresh_process(validation_psnr, family, settings, run_dir / "model.pt")
+        record["scores"][f"{learning_rate:g}"] = {"validation_psnr": round(score, 3), "train_seconds": run["train_seconds"]}
+        print(f"[pilot] {family.family} lr {learning_rate:g}: validation PSNR {score:.2f} dB", flush=True)
+        path.write_text(json.dumps(record, indent=2))
+        (run_dir / "model.pt").unlink()  # scored: only the record is kept
+    record["chosen"] = float(max(record["scores"], key=lambda lr: record["scores"][lr]["validation_psnr"]))
+    path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def select_test_slices(settings: BenchmarkSettings) -> dict:
+    """The test slices (every ``slice_step``-th of each block, absolute ``label``), doses, and each block's figure
+    slice (its middle selected slice)."""
+    from bundle.evaluation.generalisation import held_out_slices
+
+    entries = list(held_out_slices(settings.datalist, settings.slice_step))
+    if not entries:
+        raise ValueError(f"{settings.datalist}: the test split is empty")
+    if settings.dose not in settings.doses:
+        raise ValueError(f"the main dose {settings.dose} is not one of the doses {settings.doses}")
+    blocks: dict[str, list[str]] = {}
+    for entry in entries:
+        blocks.setdefault(entry["block"], []).append(entry["label"])
+    datalist = json.loads(settings.datalist.read_text())
+    return {
+        "doses": list(settings.doses),
+        "dose": settings.dose,
+        "seed": settings.seed,
+        "entries": entries,
+        "figure_labels": {block: labels[len(labels) // 2] for block, labels in blocks.items()},
+        "train_slices": len(datalist["training"]),
+        "validation_slices": len(datalist.get("validation", [])),
+    }
+
+
+def low_dose_slice(entry: dict, dose: float, settings: BenchmarkSettings, ct=None) -> np.ndarray:
+    """The simulated low-dose HU of test ``entry`` at ``dose`` (kept in ``settings.low_dose_dir``)."""
+    from bundle.evaluation.generalisation import noise_simulator, simulated_low_dose
+    from bundle.io.ct_dicom import read_ct_slice
+
+    ct = ct or read_ct_slice(entry["label"])
+    simulator = noise_simulator(entry["kernel"])
+    return simulated_low_dose(entry, dose, ct, settings.seed, simulator, settings.low_dose_dir)
+
+
+def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None) -> Path:
+    """Denoise every test slice at every dose with ``method``; writes ``output_dir/results/<name>.json`` as it goes
+    (per slice and dose: PSNR/SSIM in the paper's and the anatomy's window, seconds HU to HU; the peak memory beyond
+    the loaded model and data, the largest of the runs that wrote it), resuming what is there, and each block's
+    figure slice at the main dose (``results/<name>/<block>.npy``, HU)."""
+    from bundle.evaluation.generalisation import ANATOMY_WINDOWS_HU
     from bundle.io.atomic import atomic_output
     from bundle.io.ct_dicom import read_ct_slice
-    from bundle.utils import PeakMemorySampler, windowed_quality
+    from bundle.utils import PAPER_WINDOW_HU, PeakMemorySampler, windowed_quality
 
     torch.set_num_threads(settings.threads)
     output = settings.output_dir / "results" / f"{method.name}.json"
+    figures = output.with_suffix("")
+    figures.mkdir(parents=True, exist_ok=True)
     selection = json.loads((settings.output_dir / "test_selection.json").read_text())
-    entries = [e for e in selection["entries"] if e["dose_fraction"] == selection["dose"] or all_doses]
-    base = settings.datalist.parent
+    result = json.loads(output.read_text()) if output.exists() else {"peak_extra_mib": 0.0, "slices": []}
+    done = {(row["label"], row["dose_fraction"]) for row in result["slices"]}
     denoise = method_denoiser(method, settings.repo, weights)
-    low, high = hu_window(settings.repo / "configs/inference.json")
-    slices = [(read_ct_slice(base / e["image"]).hu, np.clip(read_ct_slice(base / e["label"]).hu, low, high))
-              for e in entries]  # fmt: skip
-    rows = []
-    with PeakMemorySampler() as memory:
-        for entry, (image_hu, reference_hu) in zip(entries, slices):
-            start = time.perf_counter()
-            prediction_hu = denoise(image_hu, entry["dose_fraction"])
-            seconds = time.perf_counter() - start
-            rows.append({**entry, "seconds": seconds, **windowed_quality(prediction_hu, reference_hu)})
-            if entry["label"] == selection["figure_label"] and entry["dose_fraction"] == selection["dose"]:
-                np.save(output.with_suffix(".figure.npy"), np.asarray(prediction_hu, dtype=np.float32))
-            print(f"[{method.name}] {entry['image']}: {rows[-1]['psnr_paper']:.2f} dB, {seconds:.2f} s", flush=True)
     network = getattr(denoise, "network", None)
-    result = {
-        "method": method.name,
-        "description": method.description,
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-        "peak_extra_mib": memory.extra / 2**20,
-        "parameters": sum(p.numel() for p in network.parameters()) if network is not None else None,
-        "slices": rows,
-    }
+    result.update(method=method.name, description=method.description, threads=torch.get_num_threads(), device="cpu",
+                  parameters=sum(p.numel() for p in network.parameters()) if network is not None else None)  # fmt: skip
+    with PeakMemorySampler() as memory:
+        for entry in selection["entries"]:
+            figure = figures / f"{entry['block']}.npy"
+            is_figure = entry["label"] == selection["figure_labels"][entry["block"]] and not figure.exists()
+            pending = [dose for dose in selection["doses"]
+                       if (entry["label"], dose) not in done or (is_figure and dose == selection["dose"])]  # fmt: skip
+            if not pending:
+                continue
+            ct = read_ct_slice(entry["label"])
+            reference = ct.hu.astype(np.float32)
+            windows = {"paper": PAPER_WINDOW_HU, "own": ANATOMY_WINDOWS_HU[entry["anatomy"]]}
+            for dose in pending:
+                low_dose = low_dose_slice(entry, dose, settings, ct)
+                start = time.perf_counter()
+                prediction = denoise(low_dose, dose, low_dose - reference)
+                seconds = time.perf_counter() - start
+                if is_figure and dose == selection["dose"]:
+                    with atomic_output(figure) as temporary:
+                        with open(temporary, "wb") as f:
+                            np.save(f, np.asarray(prediction, dtype=np.float32))
+                if (entry["label"], dose) in done:  # only the figure was missing (e.g. state from another machine)
+                    continue
+                row = {key: entry[key] for key in ("block", "anatomy", "kernel", "label")}
+                result["slices"].append({**row, "dose_fraction": dose, "seconds": seconds,
+                                         **windowed_quality(prediction, reference, windows)})  # fmt: skip
+                result["peak_extra_mib"] = max(result["peak_extra_mib"], memory.extra / 2**20)
+                with atomic_output(output) as temporary:
+                    temporary.write_text(json.dumps(result, indent=1))
+                print(f"[{method.name}] {entry['block']} {Path(entry['label']).name} dose {dose:g}: "
+                      f"{result['slices'][-1]['psnr_paper']:.2f} dB, {seconds:.2f} s", flush=True)  # fmt: skip
+    result["peak_extra_mib"] = max(result["peak_extra_mib"], memory.extra / 2**20)
     with atomic_output(output) as temporary:
         temporary.write_text(json.dumps(result, indent=1))
     return output
 
 
-def select_test_slices(settings: BenchmarkSettings) -> dict:
-    """Test entries (every dose) of up to ``max_test_slices`` reference slices, evenly spaced; the figure slice."""
-    datalist = json.loads(settings.datalist.read_text())
-    entries = datalist[settings.test_split]
-    for entry in entries:
-        entry.setdefault("dose_fraction", settings.dose)
-    doses = sorted({e["dose_fraction"] for e in entries})
-    if settings.dose not in doses:
-        raise ValueError(f"{settings.datalist}: no test entries at dose {settings.dose} (doses present: {doses})")
-    labels = sorted({e["label"] for e in entries if e["dose_fraction"] == settings.dose})
-    if settings.max_test_slices and len(labels) > settings.max_test_slices:
-        labels = [labels[int(i)] for i in np.linspace(0, len(labels) - 1, settings.max_test_slices).round()]
-    return {
-        "dose": settings.dose,
-        "doses": doses,
-        "figure_label": labels[len(labels) // 2],
-        "train_slices": len(datalist[settings.train_split]),
-        "entries": [e for e in entries if e["label"] in labels],
-    }
+def _finished(result_path: Path, selection: dict) -> bool:
+    """Are all the rows and figure slices of a method's results there?"""
+    if not result_path.exists() or not all(
+        (result_path.with_suffix("") / f"{block}.npy").exists() for block in selection["figure_labels"]
+    ):
+        return False
+    rows = json.loads(result_path.read_text())["slices"]
+    return len(rows) >= len(selection["entries"]) * len(selection["doses"])
+
+
+def training_curve(log: Path) -> list[float]:
+    """Mean training loss per epoch, from a train.json log (``Epoch: e/E, Iter: i/N -- train_loss: x`` lines; a
+    resumed run's repeated epochs keep their last pass)."""
+    epochs: dict[int, list[float]] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            match = re.search(r"Epoch: (\d+)/\d+, Iter: (\d+)/\d+ -- train_loss: ([0-9.eE+-]+)", line)
+            if match:
+                epoch, iteration, loss = int(match[1]), int(match[2]), float(match[3])
+                if iteration == 1:
+                    epochs[epoch] = []
+                epochs.setdefault(epoch, []).append(loss)
+    return [float(np.mean(epochs[e])) for e in sorted(epochs)]
 
 
 def run_benchmark(settings: BenchmarkSettings) -> None:
-    """Train (resumably), evaluate each method in a fresh process (finished ones are skipped), write the report."""
+    """Simulate the test slices, evaluate the input, pretrained and classical methods, then for each learned method
+    choose its family's learning rate, train and evaluate it (main methods first, then ablations); the report is
+    rewritten after each method (finished stages are skipped on a rerun)."""
     from bundle.evaluation.benchmark_report import write_benchmark_report
 
-    if "bm3d" in settings.methods:
+    if any(METHODS[m].kind in ("classical", "oracle") for m in settings.methods if m in METHODS):
         try:
             import bm3d  # noqa: F401
         except ImportError:
             print("bm3d is not installed (pip install -e '.[bm3d]'): skipping BM3D.", file=sys.stderr)
-            settings.methods = [m for m in settings.methods if m != "bm3d"]
-    methods = list(dict.fromkeys([*settings.methods, *[m for a in settings.ablations for m in ABLATIONS[a]]]))
-    (settings.output_dir / "results").mkdir(parents=True, exist_ok=True)
+            settings.methods = [m for m in settings.methods if not m.startswith("bm3d")]
+    clashes = [name for name in settings.pretrained if name in METHODS]
+    if clashes:
+        raise ValueError(f"pretrained names {clashes} are registered methods: choose other names")
+    ablation_methods = [m for a in settings.ablations for m in ABLATIONS[a] if m not in settings.methods]
+    methods = list(dict.fromkeys([*settings.methods, *ablation_methods]))
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    (settings.output_dir / "results").mkdir(exist_ok=True)
     selection = select_test_slices(settings)
     selection_path = settings.output_dir / "test_selection.json"
     if selection_path.exists() and json.loads(selection_path.read_text()) != selection:
         raise SystemExit(f"{selection_path} was made with other test settings: use a new output_dir")
     selection_path.write_text(json.dumps(selection, indent=1))
-    records: dict[str, dict] = {}
-    weights: dict[str, Path] = {}
-    for name in methods:
-        if METHODS[name].kind == "learned":
-            records[name] = train(METHODS[name], settings, selection["train_slices"])
-            weights[name] = settings.output_dir / "runs" / name / "model.pt"
-    for name, path in settings.pretrained.items():
-        records[name] = {"pretrained": f"pretrained: {path}"}
-        weights[name] = Path(path).resolve()
-    results = {}
-    for name in [*methods, *settings.pretrained]:
-        output = settings.output_dir / "results" / f"{name}.json"
-        if not output.exists():
+    for entry in selection["entries"]:  # simulated once, in this process: evaluations only read them
+        for dose in selection["doses"]:
+            low_dose_slice(entry, dose, settings)
+
+    weights: dict[str, Path] = {name: Path(path).resolve() for name, path in settings.pretrained.items()}
+    pilots: dict[str, dict] = {}
+    order = [*[m for m in methods if METHODS[m].kind != "learned"], *settings.pretrained,
+             *[m for m in methods if METHODS[m].kind == "learned"]]  # fmt: skip
+
+    def report() -> None:  # from what is on disk: finished results, training records and pilots
+        results, records = {}, {name: {"pretrained": path} for name, path in settings.pretrained.items()}
+        for name in order:
+            path = settings.output_dir / "results" / f"{name}.json"
+            if _finished(path, selection):
+                results[name] = json.loads(path.read_text())
+            done = settings.output_dir / "runs" / name / "done.json"
+            if done.exists():
+                records[name] = json.loads(done.read_text())
+        pilot_records = {p.stem: json.loads(p.read_text()) for p in (settings.output_dir / "pilots").glob("*.json")}
+        write_benchmark_report(settings, order, selection, records, pilot_records, results)
+
+    report()
+    for name in order:
+        method = method_of(name)
+        if method.kind == "learned" and name not in settings.pretrained:
+            family = next(m for m in METHODS.values() if m.family == method.family and m.budget == "main")
+            if method.family not in pilots:
+                pilots[method.family] = select_learning_rate(family, settings)
+            run_dir = settings.output_dir / "runs" / name
+            train(method, settings, settings.budget_epochs(method), pilots[method.family]["chosen"], run_dir)
+            weights[name] = run_dir / "model.pt"
+        result_path = settings.output_dir / "results" / f"{name}.json"
+        if not _finished(result_path, selection):
             print(f"[evaluate] {name}", flush=True)
-            run_in_fresh_process(evaluate, method_of(name), settings, weights.get(name), name in settings.dose_methods)
-        results[name] = json.loads(output.read_text())
-    write_benchmark_report(settings, [*methods, *settings.pretrained], selection, records, results)
+            run_in_fresh_process(evaluate, method, settings, weights.get(name))
+        report()
+    report()
