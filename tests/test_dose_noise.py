@@ -70,3 +70,29 @@ def test_output_is_clipped_to_the_window_and_shapes_checked():
     assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0
     with pytest.raises(ValueError, match="differ in shape"):
         transform({"label": torch.zeros(1, 4, 4), "image": torch.zeros(1, 4, 5)})
+
+
+
+@pytest.mark.parametrize("network_config", [None, "configs/networks/redcnn.json"])
+def test_train_config_redraws_the_dose_of_every_network_unless_told_not_to(network_config):
+    """train.json's random transforms redraw the added noise of a pair for a dose-aware StructKPN and a
+    single-channel baseline alike (the same data for every method), and leave it as it is with random_dose false."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    repo = Path(__file__).resolve().parents[1]
+    label = torch.full((1, 32, 32), 0.3)
+    image = label + 0.01 * torch.randn(1, 32, 32, generator=torch.Generator().manual_seed(0))
+    for random_dose in (True, False):
+        parser = ConfigParser()
+        parser.read_config([str(repo / "configs/train.json"), *([str(repo / network_config)] if network_config else [])])
+        parser["random_dose"] = random_dose
+        redraws = [t for t in parser.get_parsed_content("train#random_transforms") if isinstance(t, RandDoseNoised)]
+        assert len(redraws) == int(random_dose)
+        if random_dose:
+            redraws[0].set_random_state(0)
+            out = redraws[0]({"image": image.clone(), "label": label.clone(), "dose_fraction": 0.5})
+            scale = float(((out["image"] - label).std() / (image - label).std()))
+            expected = added_noise_scale(redraws[0].dose_fraction, redraws[0].photon_factor, 0.5)
+            assert out["dose_fraction"] == redraws[0].dose_fraction != 0.5 and scale == pytest.approx(expected, rel=1e-3)
