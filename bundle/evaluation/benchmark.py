@@ -289,7 +289,10 @@ def select_learning_rate(family: Method, settings: BenchmarkSettings) -> dict:
         print(f"[pilot] {family.family} lr {learning_rate:g}: validation PSNR {score:.2f} dB", flush=True)
         path.write_text(json.dumps(record, indent=2))
         (run_dir / "model.pt").unlink()  # scored: only the record is kept
-    record["chosen"] = float(max(record["scores"], key=lambda lr: record["scores"][lr]["validation_psnr"]))
+    finite = {lr: s["validation_psnr"] for lr, s in record["scores"].items() if math.isfinite(s["validation_psnr"])}
+    if not finite:
+        raise RuntimeError(f"every pilot of {family.family} diverged (no finite validation PSNR): {record['scores']}")
+    record["chosen"] = float(max(finite, key=finite.get))  # a diverged pilot (NaN) is never chosen
     path.write_text(json.dumps(record, indent=2))
     return record
 
