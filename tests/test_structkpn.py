@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -267,3 +269,167 @@ def test_dose_aware_input_channels_and_torchscript(dose_aware_net):
     scripted = torch.jit.script(dose_aware_net.eval())
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), dose_aware_net(x))
+
+
+# ----- multi-slice StructKPN (beyond the paper: kernels over adjacent slices) -----
+
+
+def _reflect(index: int, size: int) -> int:
+    """Reflect padding without repeating the edge pixel: -1 -> 1, size -> size - 2."""
+    index = abs(index)
+    return 2 * (size - 1) - index if index >= size else index
+
+
+def naive_multi_slice_eq1(slices: np.ndarray, kernels: np.ndarray, kernel_size: int, neighbour_size: int) -> np.ndarray:
+    """(S, H, W) slices and (T, H, W) kernels -> (H, W): a loop over pixels and taps, from the definition.
+
+    out[m, n] = sum_s sum_{a, b = -r_s..r_s} K_s[(a + r_s) * k_s + b + r_s, m, n] * x_s[m - a, n - b], the centre
+    slice's k x k kernel first in the tap order, then each neighbour's kn x kn kernel in slice order."""
+    count, height, width = slices.shape
+    centre = count // 2
+    order = [centre] + [s for s in range(count) if s != centre]
+    out = np.zeros((height, width))
+    for m in range(height):
+        for n in range(width):
+            tap = 0
+            for s in order:
+                size = kernel_size if s == centre else neighbour_size
+                r = size // 2
+                for a in range(-r, r + 1):
+                    for b in range(-r, r + 1):
+                        value = slices[s, _reflect(m - a, height), _reflect(n - b, width)]
+                        out[m, n] += kernels[tap + (a + r) * size + b + r, m, n] * value
+                tap += size * size
+    return out
+
+
+def _multi_slice_net(slices: int = 3, neighbour_kernel_size: int | None = None, dose_aware: bool = False) -> StructKPN:
+    net = _randomised(StructKPN(kernel_size=5, features=8, num_res_blocks=1, head_channels=8, slices=slices,
+                                neighbour_kernel_size=neighbour_kernel_size, dose_aware=dose_aware,
+                                inference_band_rows=4))  # fmt: skip
+    nn.init.normal_(net.stem[0].weight, std=0.5)  # every slice reaches the kernels
+    return net
+
+
+@pytest.mark.parametrize("neighbour_kernel_size", [None, 3])
+def test_multi_slice_forward_is_the_naive_multi_slice_eq1(neighbour_kernel_size):
+    net = _multi_slice_net(3, neighbour_kernel_size)
+    x = torch.rand(1, 3, 9, 8, dtype=torch.float64)
+    net.double()
+    with torch.no_grad():
+        kernels = net.eval().predict_kernels(x)
+        banded, full = net(x), net.train()(x)
+    neighbour = neighbour_kernel_size or 5
+    assert kernels.shape == (1, 25 + 2 * neighbour**2, 9, 8)
+    torch.testing.assert_close(kernels.sum(dim=1), torch.ones(1, 9, 8, dtype=torch.float64))  # one softmax, all taps
+    expected = naive_multi_slice_eq1(x[0].numpy(), kernels[0].numpy(), 5, neighbour)
+    np.testing.assert_allclose(full[0, 0].numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(banded[0, 0].numpy(), expected, atol=1e-12)
+    assert kernels[0, 25:].sum(dim=0).min() > 1e-3  # the neighbours really take part
+    assert kernels.std(dim=(2, 3)).max() > 1e-3
+
+
+def test_multi_slice_keeps_a_constant_volume():
+    net = _multi_slice_net(5, 3, dose_aware=True)
+    x = torch.cat([torch.full((2, 5, 13, 11), 0.37), torch.full((2, 1, 13, 11), 0.01),
+                   torch.full((2, 1, 13, 11), 0.2)], dim=1)  # fmt: skip
+    with torch.no_grad():
+        for training in (False, True):
+            assert (net.train(training)(x) - 0.37).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("neighbour_kernel_size, dose_aware", [(None, False), (3, True)])
+def test_multi_slice_band_path_equals_full_path(neighbour_kernel_size, dose_aware):
+    net = _multi_slice_net(3, neighbour_kernel_size, dose_aware)
+    image = torch.rand(2, 3, 23, 17)
+    x = torch.cat([image, torch.full_like(image[:, :2], 0.3)], dim=1) if dose_aware else image
+    full = net.train()(x)
+    with torch.no_grad():
+        banded = net.eval()(x)
+    assert full.shape == (2, 1, 23, 17)
+    assert (banded - full).abs().max() < 1e-5
+    assert (full - image[:, 1:2]).abs().max() > 1e-2
+
+
+def test_single_slice_option_is_the_shipped_network():
+    """slices=1 is the network models/model.pt was trained as: strict loading, no new setting recorded, and the
+    forward pass is Eq. 1 with its predicted kernels on a small input."""
+    from bundle.evaluation.denoise import load_network
+    from bundle.io import network_settings
+
+    repo = Path(__file__).resolve().parents[1]
+    net = load_network(repo / "configs/inference.json")  # strict load of models/model.pt, settings checked
+    assert net.slices == 1 and net.num_taps == 21 * 21
+    assert "slices" not in network_settings(net) and net.stem[0].in_channels == 3
+    image = torch.rand(1, 1, 40, 37)
+    x = torch.cat([image, torch.full_like(image, 0.004), torch.full_like(image, 0.25)], dim=1)
+    with torch.no_grad():
+        expected = local_conv2d_unfold(image, net.predict_kernels(x))
+        torch.testing.assert_close(net(x), expected, rtol=0, atol=1e-5)  # band path: float rounding only
+
+
+@pytest.mark.parametrize("dose_aware", [False, True])
+def test_widened_single_slice_weights_are_the_single_slice_network_on_agreeing_slices(dose_aware):
+    from bundle.networks import NEIGHBOUR_SHARE, multi_slice_state_dict
+
+    single = _multi_slice_net(1, dose_aware=dose_aware).eval()
+    multi = StructKPN(kernel_size=5, features=8, num_res_blocks=1, head_channels=8, slices=3, dose_aware=dose_aware)
+    multi.load_state_dict(multi_slice_state_dict(single.state_dict(), 3))  # strict: every name and shape
+    multi.eval()
+    image = torch.rand(1, 1, 19, 21)
+    conditioning = [torch.full_like(image, 0.01), torch.full_like(image, 0.3)] if dose_aware else []
+    with torch.no_grad():
+        expected = single(torch.cat([image, *conditioning], dim=1))
+        agreeing = multi(torch.cat([image, image, image, *conditioning], dim=1))
+        kernels = multi.predict_kernels(torch.cat([torch.rand(1, 3, 19, 21), *conditioning], dim=1))
+    torch.testing.assert_close(agreeing, expected, atol=1e-6, rtol=0)
+    mix = float(np.sqrt(0.3)) if dose_aware else 0.0  # the identity mix sits on the centre slice
+    torch.testing.assert_close(kernels[:, 25:].sum(dim=1), torch.full((1, 19, 21), NEIGHBOUR_SHARE * (1 - mix)))
+
+
+def test_untrained_multi_slice_network_is_the_untrained_single_slice_one_on_agreeing_slices():
+    single = StructKPN(kernel_size=5, features=8, num_res_blocks=1, head_channels=8).eval()
+    multi = StructKPN(kernel_size=5, features=8, num_res_blocks=1, head_channels=8, slices=3).eval()
+    image = torch.rand(1, 1, 17, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(multi(image.repeat(1, 3, 1, 1)), single(image), atol=1e-6, rtol=0)
+    none = StructKPN(kernel_size=5, features=8, num_res_blocks=1, head_channels=8, slices=3, kernel_norm="none")
+    x = torch.rand(1, 3, 17, 14)
+    with torch.no_grad():  # linear kernels: the neighbours' start at 0, the identity on the centre slice exactly
+        torch.testing.assert_close(none.eval()(x), x[:, 1:2])
+
+
+def test_multi_slice_torchscript_export_matches_eager():
+    import io
+
+    net = _multi_slice_net(3, 3, dose_aware=True).eval()
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(net), buffer)
+    buffer.seek(0)
+    scripted = torch.jit.load(buffer)
+    x = torch.cat([torch.rand(1, 3, 22, 19), torch.full((1, 2, 22, 19), 0.25)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=0, atol=0)
+        torch.testing.assert_close(scripted.predict_kernels(x), net.predict_kernels(x), rtol=0, atol=0)
+
+
+def test_multi_slice_settings_and_errors():
+    from bundle.io import network_settings
+    from bundle.networks import multi_slice_state_dict
+
+    net = StructKPN(features=8, num_res_blocks=1, head_channels=8, slices=3, neighbour_kernel_size=11)
+    assert net.stem[0].in_channels == 3 and net.head[-1].out_channels == 441 + 2 * 121
+    assert network_settings(net)["slices"] == 3 and network_settings(net)["neighbour_kernel_size"] == 11
+    assert StructKPN(slices=3, neighbour_kernel_size=21).neighbour_kernel_size is None  # kn = k is the default
+    with pytest.raises(ValueError, match="slices must be a positive odd"):
+        StructKPN(slices=2)
+    with pytest.raises(ValueError, match="needs slices > 1"):
+        StructKPN(neighbour_kernel_size=11)
+    with pytest.raises(ValueError, match="odd and at most kernel_size=21"):
+        StructKPN(slices=3, neighbour_kernel_size=23)
+    with pytest.raises(ValueError, match=r"3 slices takes 3 channels .* got 1"):
+        net(torch.rand(1, 1, 30, 30))
+    with pytest.raises(ValueError, match=r"3 image channel\(s\) \(3 slices\), the noise std"):
+        StructKPN(features=8, num_res_blocks=1, head_channels=8, slices=3, dose_aware=True)(torch.rand(1, 3, 30, 30))
+    with pytest.raises(ValueError, match="not a single-slice StructKPN"):
+        multi_slice_state_dict(net.state_dict(), 3)

@@ -50,21 +50,39 @@ def settings_path(ckpt_path: os.PathLike | str) -> Path:
     return Path(ckpt_path).with_suffix(".json")
 
 
-def network_settings(network: torch.nn.Module) -> dict[str, Any]:
+def _unwrapped(network: torch.nn.Module) -> torch.nn.Module:
+    while isinstance(getattr(network, "module", None), torch.nn.Module):
+        network = network.module
+    return network
+
+
+def _defaults_omitted(network: torch.nn.Module) -> dict[str, Any]:
+    """The settings ``network``'s class records only away from their default (``SETTINGS_OMITTED_AT_DEFAULT``:
+    settings added after models were shipped, whose files lack them), with those defaults."""
+    cls = type(_unwrapped(network))
+    parameters = inspect.signature(cls.__init__).parameters
+    return {name: parameters[name].default for name in getattr(cls, "SETTINGS_OMITTED_AT_DEFAULT", ())}
+
+
+def network_settings(network: torch.nn.Module, omit_defaults: bool = True) -> dict[str, Any]:
     """
     ``{"_target_": "<module>.<class>", <setting>: <value>, ...}`` of ``network``: every constructor parameter the
     instance keeps as an attribute of the same name with a JSON value (numbers, strings, booleans, lists of them),
-    except :data:`RUNTIME_SETTINGS` (chosen at inference for the same weights). A
-    ``DistributedDataParallel`` (anything with ``.module``) is unwrapped.
+    except :data:`RUNTIME_SETTINGS` (chosen at inference for the same weights) and, with ``omit_defaults``, the
+    settings its class lists in ``SETTINGS_OMITTED_AT_DEFAULT`` while at their default (StructKPN's ``slices``: a
+    single-slice model's file is the one it had before the option existed). A ``DistributedDataParallel``
+    (anything with ``.module``) is unwrapped.
     """
-    while isinstance(getattr(network, "module", None), torch.nn.Module):
-        network = network.module
+    network = _unwrapped(network)
     cls = type(network)
+    omitted = _defaults_omitted(network) if omit_defaults else {}
     settings: dict[str, Any] = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
     for name in inspect.signature(cls.__init__).parameters:
         if name == "self" or name in RUNTIME_SETTINGS or not hasattr(network, name):
             continue
         value = getattr(network, name)
+        if name in omitted and value == omitted[name]:
+            continue
         if isinstance(value, tuple):
             value = list(value)
         if isinstance(value, _JSON_SCALARS) or (isinstance(value, list) and all(isinstance(v, _JSON_SCALARS) for v in value)):
@@ -126,7 +144,9 @@ def check_model_settings(
         raise ModelSettingsError(f"{path}: unreadable model settings of {ckpt_path} ({error})") from error
     configured = dict(settings)
     if network is not None:
-        configured.update(network_settings(network))
+        configured.update(network_settings(network, omit_defaults=False))
+        if saved_network.get("_target_") == configured["_target_"]:  # a file without them was saved at the default
+            saved_network = {**_defaults_omitted(network), **saved_network}
     differences = []
     if not _same(saved_window, list(hu_window)):
         differences.append(f"hu_window: trained {saved_window}, config {list(hu_window)} (--hu_window \"{saved_window}\")")

@@ -8,9 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bundle.layers.local_conv import local_conv2d_padded, pad_for_local_conv
+from bundle.layers.local_conv import kernel_size_from_taps, local_conv2d_padded, pad_for_local_conv
 
-__all__ = ["STRUCTKPN_PRESETS", "StructKPN", "dose_aware_state_dict"]
+__all__ = ["NEIGHBOUR_SHARE", "STRUCTKPN_PRESETS", "StructKPN", "dose_aware_state_dict", "multi_slice_state_dict"]
+
+NEIGHBOUR_SHARE = 0.1
+"""Weight the neighbour slices of a multi-slice StructKPN start with, all together, at initialisation (softmax
+kernels, neighbour kernels as large as the centre's): see :func:`multi_slice_state_dict`."""
 
 
 @torch.jit.unused
@@ -59,13 +63,25 @@ class StructKPN(nn.Module):
     ``conv1x1(features -> head_channels) -> ReLU -> conv1x1(head_channels -> k * k)`` gives k * k logits a pixel.
     Any H, W works (both > k // 2, for the reflect padding).
 
-    Kernel normalisation: ``"softmax"`` over the k * k taps makes every output pixel a convex combination of its
+    Kernel normalisation: ``"softmax"`` over the k * k taps (over all taps of all slices, multi-slice) makes every output pixel a convex combination of its
     neighbourhood, so a constant image is returned unchanged (mean HU kept on flat regions); ``"none"`` uses the
     raw logits as kernels (an unconstrained linear filter a pixel; no mean preservation).
 
     Initialisation: the last head convolution starts with zero weights and a bias of ``log(k * k - 1)`` on the
     centre tap, 0 elsewhere, so the untrained network filters with ``0.5 * identity + 0.5 * (k x k mean)`` for
     softmax kernels and with the identity for ``"none"``: a smoothing filter that still keeps half the detail.
+
+    Multi-slice (``slices`` = S > 1, odd; beyond the paper, after the multi-frame KPN of burst denoising): the input
+    holds S adjacent slices in slice order, (B, S * C, H, W) (slice-major), and the centre slice S // 2 is denoised.
+    The kernel predictor sees all slices and predicts, per pixel, a k x k kernel for the centre slice and a
+    kn x kn kernel (``neighbour_kernel_size``, default k) for each neighbour, normalised together by one softmax:
+    ``out = sum_s Eq.1(slice_s, K_s)``, still a convex combination (a constant volume is returned unchanged).
+    S = 1 is the single-slice network: same parameters, same outputs. Initialisation: the neighbour taps copy the
+    centre kernel's initial logits (its central kn x kn taps) shifted so that the neighbours start with
+    :data:`NEIGHBOUR_SHARE` of the weight, so the untrained network is the single-slice one on a volume whose slices
+    agree, and close to it elsewhere (the neighbour taps are not set to ~0 weight: a softmax tap's gradient is
+    proportional to its weight, so a tap at ~0 weight would never learn). :func:`multi_slice_state_dict` turns
+    trained single-slice weights into a multi-slice warm start the same way.
 
     Inference memory: in eval mode the backbone runs once on the whole image, then the head, the normalisation
     and the local convolution run on bands of ``inference_band_rows`` output rows, so the (B, k * k, H, W) kernel
@@ -106,6 +122,8 @@ class StructKPN(nn.Module):
             pixels by up to 1.5 HU on a chest slice; whether it is faster depends on the CPU: on the development
             machine (AVX-512 BF16) it was faster before freed memory was retained, not after
             (``docs/performance.md``).
+        slices: odd number S of adjacent slices in the input; the centre one is denoised (1: the paper's network).
+        neighbour_kernel_size: odd side kn <= k of the neighbour slices' kernels (None: k); needs ``slices > 1``.
 
     Example::
 
@@ -114,6 +132,10 @@ class StructKPN(nn.Module):
         ...     net(torch.rand(1, 1, 37, 53)).shape  # CT windowed to [0, 1]
         torch.Size([1, 1, 37, 53])
     """
+
+    SETTINGS_OMITTED_AT_DEFAULT = ("slices", "neighbour_kernel_size")
+    """Settings a model's settings file records only away from their default (:func:`bundle.io.network_settings`):
+    single-slice models keep the files they had before the multi-slice option."""
 
     def __init__(
         self,
@@ -131,6 +153,8 @@ class StructKPN(nn.Module):
         dose_aware: bool = False,
         output_noise: str = "normal_dose",
         noise_gain: float = 40.0,
+        slices: int = 1,
+        neighbour_kernel_size: int | None = None,
     ) -> None:
         super().__init__()
         if preset not in STRUCTKPN_PRESETS:
@@ -145,6 +169,18 @@ class StructKPN(nn.Module):
             raise ValueError(f"output_noise must be 'normal_dose' or 'mmse', got {output_noise!r}.")
         if inference_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"inference_dtype must be 'float32' or 'bfloat16', got {inference_dtype!r}.")
+        if slices < 1 or slices % 2 == 0:
+            raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+        if neighbour_kernel_size == kernel_size:
+            neighbour_kernel_size = None  # the default, recorded as such
+        if neighbour_kernel_size is not None and slices == 1:
+            raise ValueError(f"neighbour_kernel_size={neighbour_kernel_size} needs slices > 1 (neighbour slices).")
+        if neighbour_kernel_size is not None and not (
+            0 < neighbour_kernel_size < kernel_size and neighbour_kernel_size % 2 == 1
+        ):
+            raise ValueError(
+                f"neighbour_kernel_size must be odd and at most kernel_size={kernel_size}, got {neighbour_kernel_size}."
+            )
         given = {
             "features": features,
             "num_res_blocks": num_res_blocks,
@@ -165,6 +201,9 @@ class StructKPN(nn.Module):
         self.dose_aware = dose_aware
         self.output_noise = output_noise
         self.noise_gain = float(noise_gain)
+        self.slices = slices
+        self.neighbour_kernel_size = neighbour_kernel_size
+        self.neighbour_size = kernel_size if neighbour_kernel_size is None else neighbour_kernel_size
         self.features = settings["features"]
         self.num_res_blocks = settings["num_res_blocks"]
         self.head_channels = settings["head_channels"]
@@ -172,7 +211,8 @@ class StructKPN(nn.Module):
         self.downsample = settings["downsample"]
 
         width, factor = self.features, self.downsample
-        self.stem = nn.Sequential(nn.Conv2d(in_channels + (2 if dose_aware else 0), width, 3, padding=1), nn.ReLU())
+        stem_inputs = in_channels * slices + (2 if dose_aware else 0)
+        self.stem = nn.Sequential(nn.Conv2d(stem_inputs, width, 3, padding=1), nn.ReLU())
         # kernel max(3, 2 * factor - 1) with "same" padding covers every pixel and gives ceil(H / factor) rows
         encode_size = max(3, 2 * factor - 1)
         self.encode = nn.Conv2d(width, width, encode_size, stride=factor, padding=encode_size // 2)
@@ -185,7 +225,7 @@ class StructKPN(nn.Module):
         self.head = nn.Sequential(
             nn.Conv2d(width, self.head_channels, 1),
             nn.ReLU(),
-            nn.Conv2d(self.head_channels, kernel_size * kernel_size, 1),
+            nn.Conv2d(self.head_channels, self.num_taps, 1),
         )
         last = self.head[-1]
         nn.init.zeros_(last.weight)
@@ -194,6 +234,17 @@ class StructKPN(nn.Module):
             centre = kernel_size * kernel_size // 2
             with torch.no_grad():
                 last.bias[centre] = 1.0 if kernel_norm == "none" else math.log(kernel_size * kernel_size - 1)
+        if slices > 1 and kernel_norm == "softmax":  # "none": neighbour kernels 0, the single-slice filter exactly
+            with torch.no_grad():
+                centre_bias = last.bias[: kernel_size * kernel_size]
+                last.bias[kernel_size * kernel_size :] = _neighbour_logits(
+                    centre_bias, kernel_size, self.neighbour_size, slices, NEIGHBOUR_SHARE
+                )
+
+    @property
+    def num_taps(self) -> int:
+        """Kernel taps a pixel: k * k on the centre slice, kn * kn on each of the S - 1 neighbours."""
+        return self.kernel_size * self.kernel_size + (self.slices - 1) * self.neighbour_size * self.neighbour_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Denoise (B, C, H, W) ``x`` (e.g. CT windowed to [0, 1]); returns (B, C, H, W) in the same units.
@@ -201,6 +252,8 @@ class StructKPN(nn.Module):
         ``x`` is used as a plain contiguous tensor: a MetaTensor (every operation through its metadata handling)
         or a strided view (a slice of a volume, as SliceInferer passes) makes inference about twice as slow.
         Dose-aware: ``x`` is (B, C + 2, H, W) (image, noise std, dose fraction), the output (B, C, H, W).
+        Multi-slice: (B, S * C, H, W), or (B, S * C + 2, H, W) dose-aware (the noise std of the centre slice), the
+        output the centre slice (B, C, H, W).
         """
         if not torch.jit.is_scripting():
             x = _plain_tensor(x)
@@ -215,7 +268,12 @@ class StructKPN(nn.Module):
         if identity_weight is None:
             return filtered
         # w * x + (1 - w) * Kx: Eq. 1 with the kernel w * identity + (1 - w) * K
-        return torch.lerp(filtered, image, identity_weight)
+        return torch.lerp(filtered, self.centre_slice(image), identity_weight)
+
+    def centre_slice(self, image: torch.Tensor) -> torch.Tensor:
+        """The (B, C, H, W) centre slice of the (B, S * C, H, W) slices (the image itself when S = 1)."""
+        centre = self.slices // 2 * self.in_channels
+        return image[:, centre : centre + self.in_channels]
 
     def split_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """
@@ -223,54 +281,84 @@ class StructKPN(nn.Module):
         filter, the kernel predictor's input (what :meth:`backbone` takes) and the identity weight w, (B, 1, H, W)
         (None unless dose-aware). :meth:`forward` is ``split_input``, :meth:`backbone`, then :meth:`filter_band` on
         each band of rows of the reflect-padded image (eval mode), then the identity mix ``lerp(filtered, image, w)``.
+        Multi-slice: the image to filter is the (B, S * C, H, W) slices (the mix takes :meth:`centre_slice`).
         """
+        channels = self.slices * self.in_channels
         if not self.dose_aware:
+            if self.slices > 1 and x.shape[1] != channels:
+                raise ValueError(
+                    f"a StructKPN of {self.slices} slices takes {channels} channels (the slices in slice order), "
+                    f"got {x.shape[1]} channels."
+                )
             return x, x, None
-        if x.shape[1] != self.in_channels + 2:
+        if x.shape[1] != channels + 2:
+            slices = "" if self.slices == 1 else f" ({self.slices} slices)"
             raise ValueError(
-                f"a dose-aware StructKPN takes {self.in_channels} image channel(s), the noise std and the dose "
+                f"a dose-aware StructKPN takes {channels} image channel(s){slices}, the noise std and the dose "
                 f"fraction, got {x.shape[1]} channels."
             )
-        image = x[:, : self.in_channels].contiguous()
-        noise = x[:, self.in_channels : self.in_channels + 1] * self.noise_gain
-        dose = x[:, self.in_channels + 1 :].clamp(0.0, 1.0)
+        image = x[:, :channels].contiguous()
+        noise = x[:, channels : channels + 1] * self.noise_gain
+        dose = x[:, channels + 1 :].clamp(0.0, 1.0)
         predictor_input = torch.cat([image, noise, noise * torch.sqrt(1.0 - dose)], dim=1)
         identity_weight = torch.sqrt(dose) if self.output_noise == "normal_dose" else dose
         return image, predictor_input, identity_weight
 
     def _filter(self, padded: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """
-        Predict the kernels from (B, features, H, W) ``features`` and apply them to the (B, C, H + k - 1, W + k - 1)
-        reflect-padded image: at once in training, band by band in eval mode. Returns (B, C, H, W).
+        Predict the kernels from (B, features, H, W) ``features`` and apply them to the (B, S * C, H + k - 1, W + k - 1)
+        reflect-padded slices: at once in training, band by band in eval mode. Returns (B, C, H, W).
         """
         if self.training:
-            return local_conv2d_padded(padded, self.kernels(features))
+            return self.apply_kernels(padded, self.kernels(features))
         height = features.shape[2]
         halo = self.kernel_size - 1
-        out = padded.new_empty([padded.shape[0], padded.shape[1], height, features.shape[3]])
+        out = padded.new_empty([padded.shape[0], self.in_channels, height, features.shape[3]])
         for top in range(0, height, self.inference_band_rows):
             bottom = min(top + self.inference_band_rows, height)
             out[:, :, top:bottom] = self.filter_band(features[:, :, top:bottom], padded[:, :, top : bottom + halo])
         return out
 
+    def apply_kernels(self, padded: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+        """
+        Eq. 1 over the slices: the (B, S * C, h + k - 1, W + k - 1) reflect-padded slices filtered with the
+        (B, :attr:`num_taps`, h, W) kernels of :meth:`kernels`, ``sum_s local_conv2d_padded(slice_s, K_s)`` (a
+        neighbour's kn x kn kernel meets the central rows and columns of its padding). Returns (B, C, h, W).
+        """
+        size, channels = self.kernel_size, self.in_channels
+        centre = self.slices // 2
+        centre_taps = size * size
+        filtered = local_conv2d_padded(padded[:, centre * channels : (centre + 1) * channels], kernels[:, :centre_taps])
+        neighbour, margin = self.neighbour_size, (self.kernel_size - self.neighbour_size) // 2
+        rows, cols = kernels.shape[2] + neighbour - 1, kernels.shape[3] + neighbour - 1
+        tap = centre_taps
+        for index in range(self.slices):
+            if index == centre:
+                continue
+            window = padded[:, index * channels : (index + 1) * channels, margin : margin + rows, margin : margin + cols]
+            filtered = filtered + local_conv2d_padded(window, kernels[:, tap : tap + neighbour * neighbour])
+            tap += neighbour * neighbour
+        return filtered
+
     def filter_band(self, features: torch.Tensor, padded_band: torch.Tensor) -> torch.Tensor:
         """
         Eval-mode head, normalisation and Eq. 1 for a band of h rows: the same result as
-        ``local_conv2d_padded(padded_band, self.kernels(features))`` up to float rounding, about 3 times faster
+        ``self.apply_kernels(padded_band, self.kernels(features))`` up to float rounding, about 3 times faster
         on a CPU (``docs/performance.md``). Three changes, none of which alters the arithmetic:
 
         - the 1 x 1 head convolutions run as batched matrix products over the band's pixels (``Conv2d`` is about
           3 times slower for a 16 x 512 band);
         - the output rows of the head are taken in reverse tap order, so tap ``i * k + j`` weights
           ``padded_band[m + i, n + j]``: each kernel row then meets a strided view of k shifted windows of the
-          image, and Eq. 1 runs as k multiply-and-sum steps instead of k * k (one per tap);
+          image, and Eq. 1 runs as k multiply-and-sum steps instead of k * k (one per tap); multi-slice, the
+          reversed rows hold the neighbours' kernels last to first, then the centre's;
         - the softmax is exponentiated base 2 with the logits scaled by log2(e) (the same weights, ``exp2`` is
           several times cheaper than ``exp``), and normalised after filtering: one division a pixel instead of
           one a tap.
 
         Args:
             features: (B, features, h, W) backbone features of the band's rows.
-            padded_band: (B, C, h + k - 1, W + k - 1) rows of the reflect-padded image the band needs.
+            padded_band: (B, S * C, h + k - 1, W + k - 1) rows of the reflect-padded slices the band needs.
 
         Returns:
             (B, C, h, W).
@@ -293,13 +381,30 @@ class StructKPN(nn.Module):
             weights = logits.sub_(logits.amax(dim=1, keepdim=True).detach()).exp2_()
         else:
             weights = logits
-        weights = weights.view(batch, 1, size, size, rows, width)
-        windows = padded_band.unfold(2, rows, 1).unfold(3, width, 1)  # (B, C, k, k, h, W): padded[m + i, n + j]
-        filtered = torch.sum(weights[:, :, 0] * windows[:, :, 0], dim=2)
+        channels, centre = self.in_channels, self.slices // 2
+        centre_start = self.num_taps - size * size  # reversed: the neighbours' taps, then the centre's
+        centre_weights = weights[:, centre_start:].view(batch, 1, size, size, rows, width)
+        centre_band = padded_band[:, centre * channels : (centre + 1) * channels]
+        windows = centre_band.unfold(2, rows, 1).unfold(3, width, 1)  # (B, C, k, k, h, W): padded[m + i, n + j]
+        filtered = torch.sum(centre_weights[:, :, 0] * windows[:, :, 0], dim=2)
         for row in range(1, size):
-            filtered += torch.sum(weights[:, :, row] * windows[:, :, row], dim=2)
+            filtered += torch.sum(centre_weights[:, :, row] * windows[:, :, row], dim=2)
+        total = centre_weights.sum(dim=(2, 3))  # the softmax's normaliser (unused without softmax)
+        neighbour, margin = self.neighbour_size, (size - self.neighbour_size) // 2
+        tap = centre_start
+        for index in range(self.slices):  # neighbour slice `index`: its reversed taps end where the next one's begin
+            if index == centre:
+                continue
+            tap -= neighbour * neighbour
+            block = weights[:, tap : tap + neighbour * neighbour].view(batch, 1, neighbour, neighbour, rows, width)
+            band = padded_band[:, index * channels : (index + 1) * channels,
+                               margin : margin + rows + neighbour - 1, margin : margin + width + neighbour - 1]  # fmt: skip
+            windows = band.unfold(2, rows, 1).unfold(3, width, 1)
+            for row in range(neighbour):
+                filtered += torch.sum(block[:, :, row] * windows[:, :, row], dim=2)
+            total = total + block.sum(dim=(2, 3))
         if softmax:
-            filtered = filtered / weights.sum(dim=(2, 3))
+            filtered = filtered / total
         return filtered
 
     @torch.jit.unused
@@ -320,6 +425,8 @@ class StructKPN(nn.Module):
         Tap ``(s + r) * k + t + r`` weights ``x[m - s, n - t]`` (Eq. 1), so ``kernels.view(B, k, k, H, W)``
         flipped on both kernel axes is the stencil over the neighbourhood as it lies in the image (rows
         ``m - r .. m + r`` top to bottom). Formed for the whole image: about 0.46 GB a 512 x 512 slice for k = 21.
+        Multi-slice: (B, :attr:`num_taps`, H, W), the centre slice's k * k taps first, then kn * kn taps for each
+        neighbour in slice order (the centre skipped), each block in the same order.
         """
         image, predictor_input, identity_weight = self.split_input(x)
         kernels = self.kernels(self.backbone(predictor_input))
@@ -342,8 +449,9 @@ class StructKPN(nn.Module):
 
     def kernels(self, features: torch.Tensor) -> torch.Tensor:
         """Head (``Conv2d`` layers) and normalisation of :meth:`backbone` features: (B, features, h, W) ->
-        (B, k * k, h, W) kernels. ``local_conv2d_padded(padded_band, kernels(features))`` is the reference that
-        :meth:`filter_band` computes faster (the training path; the eval path before the band changes)."""
+        (B, :attr:`num_taps`, h, W) kernels (k * k single-slice), one softmax over all taps.
+        ``apply_kernels(padded_band, kernels(features))`` is the reference that :meth:`filter_band` computes faster
+        (the training path; the eval path before the band changes)."""
         logits = self.head(features)
         if self.kernel_norm == "softmax":
             return torch.softmax(logits, dim=1)
@@ -359,4 +467,76 @@ def dose_aware_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torc
     converted = dict(state_dict)
     stem = state_dict["stem.0.weight"]  # (features, in_channels, 3, 3)
     converted["stem.0.weight"] = torch.cat([stem, stem.new_zeros(stem.shape[0], 2, *stem.shape[2:])], dim=1)
+    return converted
+
+
+def _neighbour_logits(
+    centre: torch.Tensor, kernel_size: int, neighbour_size: int, slices: int, neighbour_share: float
+) -> torch.Tensor:
+    """
+    Neighbour rows ((S - 1) * kn * kn, ...) of the last head convolution's weight or bias from its centre rows
+    (k * k, ...): the central kn x kn taps of the centre kernel for each neighbour, in tap order, plus (a bias) the
+    logit offset that gives the neighbours ``neighbour_share`` of the softmax weight when kn = k.
+    """
+    margin = (kernel_size - neighbour_size) // 2
+    rows = torch.arange(margin, margin + neighbour_size, device=centre.device)
+    inner = centre[(rows[:, None] * kernel_size + rows[None, :]).flatten()]
+    neighbours = inner.repeat(slices - 1, *([1] * (centre.dim() - 1)))
+    if centre.dim() > 1:  # a weight: the neighbour logits follow the centre's
+        return neighbours
+    return neighbours + math.log(neighbour_share / ((slices - 1) * (1.0 - neighbour_share)))
+
+
+def multi_slice_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    slices: int,
+    neighbour_kernel_size: int | None = None,
+    in_channels: int = 1,
+    kernel_norm: str = "softmax",
+    neighbour_share: float = NEIGHBOUR_SHARE,
+) -> dict[str, torch.Tensor]:
+    """
+    The weights of a single-slice StructKPN (dose-aware or not) as those of the same network with ``slices``
+    (S, odd) adjacent slices: a warm start for training, loaded strictly by ``StructKPN(slices=S, ...)``.
+
+    The stem gains zero weights for the neighbour slices (the kernels are predicted from the centre slice, as
+    before); the neighbours' kernel logits copy the centre kernel's (its central kn x kn taps,
+    ``neighbour_kernel_size``, default k) plus one offset, so that with kn = k the neighbours get
+    ``neighbour_share`` of every pixel's weight, each neighbour tap in proportion to its centre tap. On a volume whose
+    slices agree the network is then the single-slice one exactly (kn = k). With ``kernel_norm="none"`` the
+    neighbour kernels are 0: the single-slice filter for any input. Other tensors are shared.
+    """
+    if slices < 1 or slices % 2 == 0:
+        raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+    if not 0.0 < neighbour_share < 1.0:
+        raise ValueError(f"neighbour_share must be in (0, 1), got {neighbour_share}.")
+    weight, bias, stem = state_dict["head.2.weight"], state_dict["head.2.bias"], state_dict["stem.0.weight"]
+    try:
+        kernel_size = kernel_size_from_taps(weight.shape[0])
+    except ValueError:
+        raise ValueError(f"the head gives {weight.shape[0]} taps, not k * k: not a single-slice StructKPN.") from None
+    neighbour = kernel_size if neighbour_kernel_size is None else neighbour_kernel_size
+    if not 0 < neighbour <= kernel_size or neighbour % 2 == 0:
+        raise ValueError(f"neighbour_kernel_size must be odd and at most {kernel_size}, got {neighbour_kernel_size}.")
+    conditioning = stem.shape[1] - in_channels
+    if conditioning not in (0, 2):
+        raise ValueError(
+            f"the stem takes {stem.shape[1]} channels: not a single-slice StructKPN of {in_channels} channel(s)."
+        )
+    converted = dict(state_dict)
+    if slices == 1:
+        return converted
+    centre = slices // 2 * in_channels
+    widened = stem.new_zeros(stem.shape[0], slices * in_channels + conditioning, *stem.shape[2:])
+    widened[:, centre : centre + in_channels] = stem[:, :in_channels]
+    widened[:, slices * in_channels :] = stem[:, in_channels:]
+    converted["stem.0.weight"] = widened
+    if kernel_norm == "softmax":
+        rows = [_neighbour_logits(t, kernel_size, neighbour, slices, neighbour_share) for t in (weight, bias)]
+    elif kernel_norm == "none":
+        rows = [t.new_zeros((slices - 1) * neighbour * neighbour, *t.shape[1:]) for t in (weight, bias)]
+    else:
+        raise ValueError(f"kernel_norm must be 'softmax' or 'none', got {kernel_norm!r}.")
+    converted["head.2.weight"] = torch.cat([weight, rows[0]])
+    converted["head.2.bias"] = torch.cat([bias, rows[1]])
     return converted
