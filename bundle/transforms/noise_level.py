@@ -111,6 +111,9 @@ class AddDoseConditiond(MapTransform):
         block_size: block side of :func:`local_noise_std`, in pixels.
         reference_exposure_mas: exposure (mAs) of the dose whose noise the output should keep, to read each DICOM
             slice's dose fraction from its exposure tags (None: not read).
+        slices: the image holds this many adjacent slices as channels (:class:`~bundle.transforms.AddNeighbourSlicesd`,
+            the input of ``StructKPN(slices=S)``): (S, H, W[, D]) -> (S + 2, H, W[, D]), the noise being that of
+            the centre slice, channel S // 2.
 
     Example::
 
@@ -125,8 +128,12 @@ class AddDoseConditiond(MapTransform):
         block_size: int = 16,
         reference_exposure_mas: float | None = None,
         allow_missing_keys: bool = False,
+        slices: int = 1,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if slices < 1 or slices % 2 == 0:
+            raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+        self.slices = slices
         self.dose_fraction = self._checked(dose_fraction, "dose_fraction")
         self.dose_key = dose_key
         self.block_size = block_size
@@ -162,15 +169,20 @@ class AddDoseConditiond(MapTransform):
 
     def condition(self, img: NdarrayOrTensor, dose_fraction: float | torch.Tensor) -> NdarrayOrTensor:
         """(1, H, W[, D]) ``img`` -> (3, H, W[, D]): image, local noise std, dose fraction (a number, or one per
-        slice of a volume), in the type of ``img``."""
-        if img.ndim not in (3, 4) or img.shape[0] != 1:
-            raise ValueError(f"expected a channel-first image (1, H, W) or (1, H, W, D), got {tuple(img.shape)}.")
+        slice of a volume), in the type of ``img``; (S, H, W[, D]) -> (S + 2, H, W[, D]) with ``slices`` = S, the
+        noise of channel S // 2."""
+        if img.ndim not in (3, 4) or img.shape[0] != self.slices:
+            channels = "1" if self.slices == 1 else f"{self.slices} (slices)"
+            raise ValueError(
+                f"expected a channel-first image ({channels}, H, W) or ({channels}, H, W, D), got {tuple(img.shape)}."
+            )
         image = convert_to_tensor(img, dtype=torch.float32, track_meta=False)
+        centre = image[self.slices // 2 : self.slices // 2 + 1]
         # the noise estimate works on (..., H, W): move the slice axis of a volume first
-        slices = image.movedim(-1, 0) if image.ndim == 4 else image
+        slices = centre.movedim(-1, 0) if image.ndim == 4 else centre
         noise = local_noise_std(slices, self.block_size)
         noise = noise.movedim(0, -1) if image.ndim == 4 else noise
-        dose = torch.as_tensor(dose_fraction, dtype=image.dtype).expand_as(image)  # a slice's value on its last axis
+        dose = torch.as_tensor(dose_fraction, dtype=image.dtype).expand_as(centre)  # a slice's value on its last axis
         conditioned = torch.cat([image, noise, dose], dim=0)
         if isinstance(img, MetaTensor):
             return MetaTensor(conditioned, meta=img.meta, applied_operations=img.applied_operations)
