@@ -68,9 +68,9 @@ METHODS = {
     m.name: m
     for m in [
         Method("ldct", "identity", "low-dose input"),
-        Method("bm3d", "classical", "BM3D, correlated-noise mode, noise power spectrum estimated from the slice"),
+        Method("bm3d", "classical", "BM3D, correlated noise, the added share of the slice's estimated spectrum"),
         Method("bm3d_oracle", "oracle", "BM3D, correlated-noise mode, given the true noise power spectrum (upper bound)"),
-        Method("ksvd", "classical", "K-SVD, dictionary learned on the slice, noise level estimated from the slice"),
+        Method("ksvd", "classical", "K-SVD, dictionary learned on the slice, the added share of its estimated noise"),
         Method("ksvd_oracle", "oracle", "K-SVD, given the true noise level (upper bound)"),
         Method("structkpn", "learned", "StructKPN lite, dose-aware, structure-aware loss, k = 21", family="structkpn"),
         Method("redcnn", "learned", "RED-CNN, MSE loss", (_REDCNN, _MSE), family="redcnn"),
@@ -157,7 +157,11 @@ def method_denoiser(method: Method, repo: Path, weights: Path | None = None) -> 
 
     A learned method runs through ``configs/inference.json``'s window and, when dose-aware, its conditioning at
     ``dose_fraction`` (:class:`~bundle.evaluation.denoise.Denoiser`, network at ``.network``, with ``weights``).
-    Classical methods see the slice in that window mapped to [0, 1]; oracle ones also the added noise (same units).
+    Classical methods see the slice in that window mapped to [0, 1]. As a user runs them, they estimate the noise
+    power spectrum of the slice from its flattest tiles and keep the share a dose reduction adds: noise variance
+    grows as 1 / dose, so ``1 - dose_fraction`` of a low-dose slice's noise power was added to the normal dose's
+    (the normal-dose image keeps its own noise, as the learned methods are trained to). Oracle ones are given the
+    added noise itself (same units).
     ``ldct`` returns the input unchanged, as the scanner gives it.
     """
     from bundle.evaluation.denoise import hu_window, load_denoiser, load_network
@@ -192,8 +196,10 @@ def method_denoiser(method: Method, repo: Path, weights: Path | None = None) -> 
                 raise ValueError(f"{method.name} is an oracle: it needs the added noise (added_noise_hu)")
             noise = np.asarray(added_noise_hu, dtype=np.float64) / (high - low)
             psd, sigma = noise_power_spectrum(noise), float(noise.std())
-        else:
-            psd = estimate_noise_power_spectrum(image)
+        else:  # the image's noise, and of it the share a dose reduction to dose_fraction added: 1 - dose_fraction
+            if not 0.0 < dose_fraction < 1.0:
+                raise ValueError(f"{method.name} needs a dose fraction in (0, 1), got {dose_fraction}")
+            psd = (1.0 - dose_fraction) * estimate_noise_power_spectrum(image)
             sigma = noise_std_from_power_spectrum(psd)
         if method.name.startswith("bm3d"):
             denoised = bm3d_denoise(image, noise_psd=psd)
