@@ -4,6 +4,8 @@
         --blocks configs/data/shipped_model_blocks.json
 
 Writes ``output_dir/ndct/...``, ``output_dir/ldct-<dose>/...`` and ``output_dir/datalist.json``; resumes.
+``--neighbours 1`` also lists the slices around each entry (and simulates those of the training slices), for the
+multi-slice StructKPN (``--slices 3``); the other entries and files are those of ``--neighbours 0``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ def main() -> None:
     parser.add_argument("--output_dir", required=True, type=Path, help="output folder (datalist.json goes here)")
     parser.add_argument("--blocks", type=Path, default=Path("configs/data/shipped_model_blocks.json"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--neighbours", type=int, default=0,
+                        help="slices listed on each side of every entry, for training with --slices up to 2 N + 1")
     args = parser.parse_args()
-    print(prepare_block_datalist(args.blocks, args.data_dir, args.output_dir, args.seed))
+    print(prepare_block_datalist(args.blocks, args.data_dir, args.output_dir, args.seed, args.neighbours))
 
 
 if __name__ == "__main__":

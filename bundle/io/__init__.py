@@ -16,7 +16,7 @@ from .ct_dicom import (
 from .nifti_writer import AtomicNibabelWriter
 from .paths import DERIVED_MARK, OutputDirError, check_output_dir, find_ct_inputs, require_checkpoint
 from .series_writer import OUTPUT_FORMATS, SaveCTSeriesd, derived_series_path, file_sha256
-from .datalist import SPLITS, build_datalist, split_patients, write_datalist
+from .datalist import SPLITS, build_datalist, neighbour_keys, split_patients, with_neighbour_slices, write_datalist
 from .dicom_writer import (
     hu_to_stored,
     stored_value_range,

@@ -22,7 +22,7 @@ import numpy as np
 
 from bundle.io.atomic import atomic_output
 
-__all__ = ["SPLITS", "split_patients", "build_datalist", "write_datalist"]
+__all__ = ["SPLITS", "split_patients", "build_datalist", "neighbour_keys", "with_neighbour_slices", "write_datalist"]
 
 #: The datalist's keys, in order.
 SPLITS = ("training", "validation", "test")
@@ -100,3 +100,48 @@ def write_datalist(datalist: Mapping[str, Sequence[Mapping]], path: os.PathLike 
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(datalist, indent=2) + "\n")
     return path
+
+
+def neighbour_keys(keys: Sequence[str], slices: int, centre: bool = True) -> list[str]:
+    """The item keys of ``slices`` adjacent slices around each of ``keys``, in slice order: ``key_-1``, ``key``,
+    ``key_+1`` for 3 slices (``centre=False``: without ``key``); ``list(keys)`` for 1 slice.
+
+    Example::
+
+        >>> neighbour_keys(["image", "label"], 3)
+        ['image_-1', 'image', 'image_+1', 'label_-1', 'label', 'label_+1']
+    """
+    half = slices // 2
+    return [key if offset == 0 else f"{key}_{offset:+d}" for key in keys for offset in range(-half, half + 1)
+            if centre or offset != 0]  # fmt: skip
+
+
+def with_neighbour_slices(items: Sequence[Mapping], slices: int, keys: Sequence[str] = ("image", "label")) -> list[dict]:
+    """
+    Datalist ``items`` for a network fed ``slices`` adjacent slices: each item's ``<key>_slices`` (the files of the
+    slices around its own, in slice order, its own in the middle, as ``prepare_block_datalist(neighbours=R)`` writes
+    them) given as the :func:`neighbour_keys` of each key it has, for ``LoadImaged``. ``slices=1`` returns ``items``
+    as they are. An item without enough slices around it raises ``ValueError`` naming its file.
+    """
+    if slices == 1:
+        return list(items)
+    if slices < 1 or slices % 2 == 0:
+        raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+    half, converted = slices // 2, []
+    for entry in items:
+        item = dict(entry)
+        for key in (k for k in keys if k in item):
+            around = item.get(f"{key}_slices")
+            if not isinstance(around, list) or len(around) < slices or len(around) % 2 == 0:
+                found = f"{len(around)} slices" if isinstance(around, list) else "none"
+                raise ValueError(
+                    f"{item[key]}: the datalist entry lists {found} in {key}_slices, and slices={slices} needs "
+                    f"{slices}: prepare the datalist with neighbours (scripts/prepare_shipped_model_data.py "
+                    f"--neighbours {half})"
+                )
+            middle = len(around) // 2
+            for offset in range(-half, half + 1):
+                if offset:
+                    item[f"{key}_{offset:+d}"] = around[middle + offset]
+        converted.append(item)
+    return converted

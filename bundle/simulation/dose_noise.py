@@ -49,13 +49,14 @@ class RandDoseNoised(Randomizable, MapTransform):
     ``dose_distribution="uniform"``, which puts more of the draws at high dose), a photon factor log-uniformly from
     ``photon_factor_range`` and a random sign (the noise is symmetric), and writes
     ``clip(normal_dose + sign * added_noise_scale(dose, factor) * noise, *clip_range)`` to ``output_key`` and the
-    dose fraction to ``dose_key``. Channel 0 of ``keys`` is used (targets may carry statistics channels). Where the
+    dose fraction to ``dose_key``. The first C channels of ``keys`` are used, C the reference's channels (targets
+    may carry statistics channels; adjacent slices as channels share one draw: one scan). Where the
     reference was clipped (air below the window), its noise is clipped too: as in a real scan's stored values.
 
     Args:
-        keys: key of the normal-dose image (1 or more channels, channel 0 is the image).
-        reference_key: key of the (1, H, W) image simulated at ``reference_dose_fraction``.
-        output_key: key of the (1, H, W) low-dose image (may be ``reference_key``).
+        keys: key of the normal-dose image (C or more channels, the first C being the image).
+        reference_key: key of the (C, H, W) image simulated at ``reference_dose_fraction`` (C = 1: one slice).
+        output_key: key of the (C, H, W) low-dose image (may be ``reference_key``).
         dose_range: (low, high) dose fractions.
         photon_factor_range: (low, high) factors on the reference incident counts (a decade: (0.25, 2.5)).
         reference_dose_fraction: dose fraction of the reference image when the item has no ``dose_key``.
@@ -112,8 +113,8 @@ class RandDoseNoised(Randomizable, MapTransform):
         self.randomize()
         key = self.keys[0]
         target = d[key]
-        image = convert_to_tensor(target, dtype=torch.float32, track_meta=False)[:1]
         reference = convert_to_tensor(d[self.reference_key], dtype=torch.float32, track_meta=False)
+        image = convert_to_tensor(target, dtype=torch.float32, track_meta=False)[: reference.shape[0]]
         if reference.shape != image.shape:
             raise ValueError(
                 f"{self.reference_key} {tuple(reference.shape)} and {key} {tuple(image.shape)} differ in shape."

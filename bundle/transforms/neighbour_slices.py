@@ -14,8 +14,9 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from bundle.io.ct_dicom import SOURCE_FILES_KEY, CTInputError, frame_geometry, is_multiframe, read_dicom
+from bundle.io.datalist import neighbour_keys
 
-__all__ = ["AddNeighbourSlicesd", "GAP_FACTOR", "neighbour_indices", "slice_positions_mm"]
+__all__ = ["AddNeighbourSlicesd", "GAP_FACTOR", "StackNeighbourSlicesd", "neighbour_indices", "slice_positions_mm"]
 
 logger = logging.getLogger(__name__)
 
@@ -152,3 +153,55 @@ class AddNeighbourSlicesd(MapTransform):
         if isinstance(img, MetaTensor):
             return MetaTensor(stacked, meta=img.meta, applied_operations=img.applied_operations)
         return convert_to_dst_type(stacked, dst=img)[0]
+
+
+class StackNeighbourSlicesd(MapTransform):
+    """
+    Stack the slices a datalist item lists around its own (loaded under :func:`bundle.io.neighbour_keys`, from
+    :func:`bundle.io.with_neighbour_slices`) into one image: the (C, H, W) images under ``key_-1``, ``key``,
+    ``key_+1`` (3 slices) become (S * C, H, W) in slice order under ``output_key`` (``key`` itself by default),
+    with ``key``'s metadata, and the neighbour keys are removed: the training input of ``StructKPN(slices=S)``.
+
+    Args:
+        keys: keys of the centre slices.
+        slices: odd number S of slices.
+        output_key: key of the stack (None: the centre slice's key); needs a single key.
+
+    Example::
+
+        StackNeighbourSlicesd(keys="image", slices=3)  # image_-1, image, image_+1 -> image (3, H, W)
+    """
+
+    def __init__(self, keys: KeysCollection, slices: int = 3, output_key: str | None = None,
+                 allow_missing_keys: bool = False) -> None:  # fmt: skip
+        super().__init__(keys, allow_missing_keys)
+        if slices < 1 or slices % 2 == 0:
+            raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+        if output_key is not None and len(self.keys) != 1:
+            raise ValueError(f"output_key needs a single key, got {self.keys}.")
+        self.slices = slices
+        self.output_key = output_key
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            names = neighbour_keys([str(key)], self.slices)
+            missing = [name for name in names if name not in d]
+            if missing:
+                raise KeyError(f"{missing}: the slices around {key!r} that {self.slices} slices need are missing")
+            images = [convert_to_tensor(d[name], track_meta=False) for name in names]
+            shapes = {tuple(image.shape) for image in images}
+            if len(shapes) > 1:
+                files = [d[name].meta.get("filename_or_obj") if isinstance(d[name], MetaTensor) else name
+                         for name in names]  # fmt: skip
+                raise CTInputError(files[len(files) // 2], f"its neighbour slices {files} differ in shape: {shapes}")
+            stacked = torch.cat(images, dim=0)
+            centre = d[key]
+            for name in names:
+                if name != key:
+                    del d[name]
+            if isinstance(centre, MetaTensor):
+                d[self.output_key or key] = MetaTensor(stacked, meta=centre.meta, applied_operations=centre.applied_operations)
+            else:
+                d[self.output_key or key] = convert_to_dst_type(stacked, dst=centre)[0]
+        return d
