@@ -1,7 +1,7 @@
 """Process tools and report helpers: the bundle configs read from any folder, freed-memory retention, peak memory
 sampling, windowed quality, provenance, atomic reports."""
 
-from bundle.utils.config import read_bundle_config
+from bundle.utils.config import read_bundle_config, shared_config
 from bundle.utils.memory import retain_freed_memory
 from bundle.utils.profiling import PeakMemorySampler, resident_memory_bytes
 from bundle.utils.reporting import (
@@ -24,6 +24,7 @@ __all__ = [
     "read_bundle_config",
     "resident_memory_bytes",
     "retain_freed_memory",
+    "shared_config",
     "windowed_quality",
     "write_report",
 ]
