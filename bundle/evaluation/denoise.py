@@ -72,7 +72,7 @@ class Denoiser:
 
 
 def _parser(config_file: os.PathLike | str | Sequence[os.PathLike | str], overrides: dict) -> ConfigParser:
-    parser = read_bundle_config(config_file)  # its configs/common.json macros resolve from any working folder
+    parser = read_bundle_config(config_file)  # bundle_root from the file's path: parses from any working folder
     parser.update({key.replace("__", "#"): value for key, value in overrides.items()})
     return parser
 

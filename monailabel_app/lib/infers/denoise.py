@@ -83,10 +83,9 @@ class StructKPNDenoise(BasicInferTask):
         )
 
     def _parser(self) -> ConfigParser:
-        """A fresh parse of the bundle config (transforms hold per-call state, e.g. the DICOM reader), its
-        ``configs/common.json`` macros read under ``bundle_root`` whatever the server's working folder."""
+        """A fresh parse of the bundle config (transforms hold per-call state, e.g. the DICOM reader), with
+        ``bundle_root`` set, so ``configs/common.json`` is read from it whatever the server's working folder."""
         parser = read_bundle_config(self.config_file, self.bundle_root)
-        parser["bundle_root"] = self.bundle_root
         parser.update(self.overrides)
         return parser
 
