@@ -179,3 +179,15 @@ def test_a_multi_slice_model_is_refused_with_the_single_slice_setting_and_back(t
     while cause.__cause__ is not None:
         cause = cause.__cause__
     assert isinstance(cause, ModelSettingsError) and "slices: trained 1, config 3" in str(cause)
+
+
+def test_the_denoiser_gives_a_multi_slice_network_a_slice_with_its_neighbours(tmp_path):
+    from bundle.evaluation.denoise import load_denoiser
+
+    denoiser = load_denoiser(CONFIGS / "inference.json", _previous_slice_checkpoint(tmp_path / "model.pt"), slices=3)
+    stack = np.stack([np.full((24, 24), hu, np.float32) for hu in (-100.0, 50.0, 400.0)])  # slice order
+    # dose 0.25: half the centre slice (w = sqrt(0.25)), half the previous slice, which the kernels take
+    np.testing.assert_allclose(denoiser.centre(stack, 0.25), np.full((24, 24), 0.5 * 50.0 + 0.5 * -100.0), atol=0.01)
+    np.testing.assert_allclose(denoiser(stack[1], 0.25), np.full((24, 24), 50.0), atol=0.01)  # alone: no neighbours
+    with pytest.raises(ValueError, match=r"network's 3 adjacent slices"):
+        denoiser.centre(stack[:2], 0.25)

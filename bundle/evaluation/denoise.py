@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser
 from monai.transforms import LoadImaged, ScaleIntensityRanged
 
 from bundle.io.model_settings import check_model_settings
-from bundle.transforms import ValidateCTImaged
+from bundle.transforms import AddNeighbourSlicesd, ValidateCTImaged
 from bundle.utils.config import read_bundle_config
 
 __all__ = ["Denoiser", "configured_network", "hu_window", "load_denoiser", "load_network", "windowed"]
@@ -28,7 +28,9 @@ class Denoiser:
         inverse_window: maps the ``pred`` key from the network's units back to HU.
         device: where the network runs.
 
-    Calling it with ``hu`` of shape (H, W) or (N, H, W) returns the denoised HU, float32, same shape.
+    Calling it with ``hu`` of shape (H, W) or (N, H, W) returns the denoised HU, float32, same shape, each slice
+    denoised on its own (a multi-slice network then sees a slice without neighbours); :meth:`centre` gives a
+    multi-slice network a slice with its neighbours.
     """
 
     def __init__(
@@ -59,6 +61,23 @@ class Denoiser:
                 prediction = self.network(inputs)[0].cpu()
             denoised[index] = np.asarray(self.inverse_window({"pred": prediction})["pred"])[0]
         return denoised[0] if slices.ndim == 2 else denoised
+
+    def centre(self, hu_slices: np.ndarray, dose_fraction: float | None = None) -> np.ndarray:
+        """Denoise the centre slice of (S, H, W) adjacent slices in HU, in slice order, S the network's ``slices``
+        (``StructKPN(slices=S)``), as inference feeds a slice with its neighbours; returns (H, W) HU, float32."""
+        stack = np.asarray(hu_slices, dtype=np.float32)
+        slices = int(getattr(self.network, "slices", 1))
+        if stack.ndim != 3 or stack.shape[0] != slices:
+            raise ValueError(f"expected the network's {slices} adjacent slices (S, H, W) in HU, got shape {stack.shape}")
+        data: dict = {"image": torch.as_tensor(stack)}
+        if dose_fraction is not None:
+            data["dose_fraction"] = float(dose_fraction)
+        for transform in self.transforms:
+            if not isinstance(transform, AddNeighbourSlicesd):  # the neighbours are given
+                data = transform(data)
+        with torch.inference_mode():
+            prediction = self.network(torch.as_tensor(data["image"])[None].to(self.device))[0].cpu()
+        return np.asarray(self.inverse_window({"pred": prediction})["pred"])[0]
 
     def network_input(self, hu: np.ndarray, dose_fraction: float | None = None) -> torch.Tensor:
         """The network's (1, C, H, W) input for one (H, W) slice in HU, on :attr:`device`: the transforms applied
