@@ -1,9 +1,10 @@
 """train.json and inference.json must describe the same network on the same window, and metadata must match.
 
-Each config works alone (``--config_file configs/inference.json``, as the Model Zoo runs it) and takes the values and
-blocks it shares with the others from ``configs/common.json`` by MONAI file macros (``"%configs/common.json#id"``):
-these tests fail when a config restates one of them locally or the configs disagree, and
-``tests/test_model_settings.py`` when a checkpoint is loaded with other settings than its own.
+Each config works alone (``--config_file configs/inference.json``, as the Model Zoo runs it, from any working folder
+given ``--bundle_root``) and takes the values and blocks it shares with the others from ``configs/common.json`` by
+``"$bundle.utils.shared_config(@bundle_root, 'id', ...)"``: these tests fail when a config restates one of them
+locally or the configs disagree, and ``tests/test_model_settings.py`` when a checkpoint is loaded with other settings
+than its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
+from monai.bundle import ConfigParser, verify_net_in_out
 from monai.handlers import CheckpointLoader, IgniteMetricHandler, PeakSignalToNoiseRatio
 from monai.metrics import SSIMMetric
 from monai.transforms import LoadImaged, ScaleIntensityRanged
@@ -22,10 +23,11 @@ from monai.transforms import LoadImaged, ScaleIntensityRanged
 from bundle.io import network_settings
 from bundle.losses import DEFAULT_STRENGTH_SCALE, STRENGTH_CALIBRATION_WINDOW_HU, StructureAwareLoss
 from bundle.transforms import GradientStatisticsd, ValidateCTImaged
-from bundle.utils import read_bundle_config
+from bundle.utils import read_bundle_config, shared_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-COMMON = "%configs/common.json#"
+# a shared id as a config must write it: common.json's id under bundle_root, each value it reads the caller's own
+SHARED = re.compile(r"\$bundle\.utils\.shared_config\(@bundle_root, '(?P<id>[\w#]+)'(?P<values>(?:, \w+=@\w+)*)\)")
 SHARED_KEYS = ("hu_window", "kernel_size", "dose_aware", "device", "retain_freed_memory")
 # where each config (with the files its usual command merges before it) places the shared blocks of common.json
 TRAIN_BLOCKS = {
@@ -72,13 +74,16 @@ def _common() -> dict:
 @pytest.mark.parametrize("name", sorted(STANDALONE))
 def test_each_config_takes_the_shared_values_and_blocks_from_common_json(name):
     files, values, blocks = STANDALONE[name]
-    parser, common = _parser(*files), ConfigParser(_common())
-    for key in (*values, *blocks):  # as written: a reference to common.json, not a local restatement
+    parser = _parser(*files)
+    for key in (*values, *blocks):  # as written: common.json's id, not a local restatement
         source = blocks.get(key, key)
-        assert parser[key] == COMMON + source, f"{files[-1]}: {key} is restated locally; use {COMMON}{source}"
-    parser.resolve_macro_and_relative_ids()
-    for key in (*values, *blocks):  # after MONAI resolves the macros: common.json's content, unchanged
-        assert parser[key] == common[blocks.get(key, key)], key
+        written = SHARED.fullmatch(str(parser[key]))
+        assert written and written["id"] == source, (
+            f"{files[-1]}: {key} is restated locally ({parser[key]!r}); "
+            f"use $bundle.utils.shared_config(@bundle_root, '{source}', ...)"
+        )
+        for name, reference in re.findall(r", (\w+)=@(\w+)", written["values"]):
+            assert name == reference, f"{key}: {name}=@{reference} gives common.json another config's value"
 
 
 @pytest.mark.parametrize("name", sorted(STANDALONE))
@@ -86,10 +91,8 @@ def test_each_config_loads_alone_and_resolves_the_shared_ids_to_the_common_value
     files, values, _ = STANDALONE[name]
     parser, common = _parser(*files), ConfigParser(_common())
     for key in values:
-        if key == "device":  # common.json imports nothing: its expression is evaluated in the including config
-            assert isinstance(parser.get_parsed_content(key), torch.device)
-        else:
-            assert parser.get_parsed_content(key) == common.get_parsed_content(key), key
+        assert parser.get_parsed_content(key) == common.get_parsed_content(key), key
+    assert isinstance(parser.get_parsed_content("device"), torch.device)
     load, validate, window = parser.get_parsed_content("load_transforms")
     assert isinstance(load, LoadImaged) and isinstance(validate, ValidateCTImaged)
     assert validate.min_size == common.get_parsed_content("kernel_size")
@@ -113,8 +116,8 @@ def test_each_config_loads_alone_and_resolves_the_shared_ids_to_the_common_value
 
 @pytest.mark.parametrize("override", [{"kernel_size": 15}, {"hu_window": [-1000, 2000]}])
 def test_a_command_line_override_of_a_shared_value_reaches_every_block_that_uses_it(override, tmp_path):
-    """``--kernel_size 15`` replaces the top-level macro before MONAI resolves macros, so the copied blocks, which
-    reference ``@kernel_size`` and ``@hu_window``, see the override."""
+    """``--kernel_size 15`` replaces the top-level value, and the shared blocks are built from the calling config's
+    ``@kernel_size`` and ``@hu_window``, so they see the override."""
     for files in (["inference.json"], ["train.json", "evaluate.json"]):
         parser = _parser(*files)
         parser.update({**override, "ckpt_path": str(tmp_path / "untrained.pt")})  # no weights, nothing to check
@@ -129,17 +132,47 @@ def test_a_command_line_override_of_a_shared_value_reaches_every_block_that_uses
         )  # fmt: skip
 
 
-def test_configs_read_from_another_working_folder_through_read_bundle_config(tmp_path, monkeypatch):
-    """MONAI opens a macro's relative file from the working folder; ``read_bundle_config`` from the bundle root."""
+def test_configs_run_from_another_working_folder_given_bundle_root(tmp_path, monkeypatch):
+    """As the Model Zoo's CI runs a bundle: from another folder, with ``bundle_root`` (only the default ``"."`` misses
+    common.json, with an error naming it)."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match="configs/common.json"):
+    with pytest.raises(RuntimeError) as error:  # MONAI's "Failed to evaluate" wraps the error
         _parser("inference.json").get_parsed_content("hu_window")
-    parser = read_bundle_config(CONFIGS / "inference.json")
-    parser.update({"kernel_size": 15})
-    assert parser.get_parsed_content("hu_window") == ConfigParser(_common()).get_parsed_content("hu_window")
-    assert parser.get_parsed_content("load_transforms")[1].min_size == 15
-    evaluate = read_bundle_config([CONFIGS / "train.json", CONFIGS / "evaluate.json"], bundle_root=CONFIGS.parent)
+    assert isinstance(error.value.__cause__, FileNotFoundError)
+    assert str(error.value.__cause__).startswith(f"{tmp_path.resolve() / 'configs' / 'common.json'}: no such file")
+    bundle_root = str(CONFIGS.parent)
+    # the CI's call; the metadata's 512 x 512 input shrunk to keep the test fast
+    verify_net_in_out(net_id="network_def", meta_file=str(CONFIGS / "metadata.json"),
+                      config_file=str(CONFIGS / "inference.json"), bundle_root=bundle_root, device="cpu",
+                      **{"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32]})  # fmt: skip
+    inference = _parser("inference.json")
+    inference.update({"bundle_root": bundle_root, "kernel_size": 15, "ckpt_path": str(tmp_path / "untrained.pt")})
+    assert inference.get_parsed_content("hu_window") == ConfigParser(_common()).get_parsed_content("hu_window")
+    load, validate = inference.get_parsed_content("preprocessing").transforms[:2]
+    assert isinstance(load, LoadImaged) and isinstance(validate, ValidateCTImaged)
+    assert validate.min_size == inference.get_parsed_content("network_def").kernel_size == 15
+    train = _parser("train.json")
+    train["bundle_root"] = bundle_root
+    assert isinstance(train.get_parsed_content("network_def"), torch.nn.Module)
+    assert len(_windows(train.get_parsed_content("validate#preprocessing").transforms)) == 1
+    assert isinstance(train.get_parsed_content("validate#key_metric#val_psnr"), PeakSignalToNoiseRatio)
+    evaluate = read_bundle_config([CONFIGS / "train.json", CONFIGS / "evaluate.json"])  # bundle_root from the path
     assert evaluate.get_parsed_content("validate#additional_metrics#input_psnr").metric_fn.max_val == 1.0
+
+
+def test_shared_config_reads_a_block_only_with_the_values_it_references():
+    """A block must get every id it references from the caller (else an override of the caller would not reach it)
+    and nothing else; the values it gets are used as given."""
+    root = CONFIGS.parent
+    window = shared_config(root, "inverse_window", inverse_window_keys="pred", hu_window=[-1000, 1000])
+    torch.testing.assert_close(torch.as_tensor(window({"pred": torch.tensor([[0.0, 0.5, 1.0]])})["pred"]),
+                               torch.tensor([[-1000.0, 0.0, 1000.0]]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"common\.json#inverse_window reads .*missing \['inverse_window_keys'\]"):
+        shared_config(root, "inverse_window", hu_window=[-1000, 1000])
+    with pytest.raises(ValueError, match=r"not read \['kernel_size'\]"):
+        shared_config(root, "inverse_window", inverse_window_keys="pred", hu_window=[-1000, 1000], kernel_size=15)
+    with pytest.raises(KeyError, match="no shared setting 'window'"):
+        shared_config(root, "window")
 
 
 def test_training_and_inference_agree_on_window_and_network():
