@@ -450,8 +450,9 @@ def run_benchmark(settings: BenchmarkSettings) -> None:
 
     weights: dict[str, Path] = {name: Path(path).resolve() for name, path in settings.pretrained.items()}
     pilots: dict[str, dict] = {}
-    order = [*[m for m in methods if METHODS[m].kind != "learned"], *settings.pretrained,
-             *[m for m in methods if METHODS[m].kind == "learned"]]  # fmt: skip
+    kinds = ("identity", "pretrained", "classical", "oracle", "learned")  # the quick ones first
+    order = sorted([*methods, *settings.pretrained], key=lambda m: kinds.index(
+        "pretrained" if m in settings.pretrained else METHODS[m].kind))  # fmt: skip
 
     def report() -> None:  # from what is on disk: finished results, training records and pilots
         results, records = {}, {name: {"pretrained": path} for name, path in settings.pretrained.items()}
