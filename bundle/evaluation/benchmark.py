@@ -62,14 +62,15 @@ class Method:
     family: str = ""
 
 
-_REDCNN, _WAVRESNET, _UNET = "configs/networks/redcnn.json", "configs/networks/wavresnet.json", "configs/networks/basicunet.json"
+_REDCNN, _WAVRESNET = "configs/networks/redcnn.json", "configs/networks/wavresnet.json"
+_UNET = "configs/networks/basicunet.json"
 _MSE, _L1 = "configs/losses/mse.json", "configs/losses/l1.json"
 METHODS = {
     m.name: m
     for m in [
         Method("ldct", "identity", "low-dose input"),
         Method("bm3d", "classical", "BM3D, correlated noise, the added share of the slice's estimated spectrum"),
-        Method("bm3d_oracle", "oracle", "BM3D, correlated-noise mode, given the true noise power spectrum (upper bound)"),
+        Method("bm3d_oracle", "oracle", "BM3D, correlated noise, given the true noise power spectrum (upper bound)"),
         Method("ksvd", "classical", "K-SVD, dictionary learned on the slice, the added share of its estimated noise"),
         Method("ksvd_oracle", "oracle", "K-SVD, given the true noise level (upper bound)"),
         Method("structkpn", "learned", "StructKPN lite, dose-aware, structure-aware loss, k = 21", family="structkpn"),
@@ -291,7 +292,8 @@ def select_learning_rate(family: Method, settings: BenchmarkSettings) -> dict:
         run_dir = settings.output_dir / "pilots" / f"{family.family}-lr{learning_rate:g}"
         run = train(family, settings, settings.pilot_epochs, learning_rate, run_dir)
         score = run_in_fresh_process(validation_psnr, family, settings, run_dir / "model.pt")
-        record["scores"][f"{learning_rate:g}"] = {"validation_psnr": round(score, 3), "train_seconds": run["train_seconds"]}
+        record["scores"][f"{learning_rate:g}"] = {"validation_psnr": round(score, 3),
+                                                  "train_seconds": run["train_seconds"]}  # fmt: skip
         print(f"[pilot] {family.family} lr {learning_rate:g}: validation PSNR {score:.2f} dB", flush=True)
         path.write_text(json.dumps(record, indent=2))
         (run_dir / "model.pt").unlink()  # scored: only the record is kept

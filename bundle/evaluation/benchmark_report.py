@@ -13,7 +13,7 @@ import torch
 
 from bundle.utils import PAPER_WINDOW_HU, provenance, write_report
 
-__all__ = ["block_means", "comparison_figure", "curve_figure", "dose_figure", "kernel_figure", "worse_than_input",
+__all__ = ["block_means", "comparison_figure", "kernel_figure", "line_figure", "worse_than_input",
            "write_benchmark_report", "zoom_box"]  # fmt: skip
 
 METRICS = ("psnr_paper", "ssim_paper", "psnr_own", "ssim_own")
@@ -134,35 +134,22 @@ def kernel_figure(
     return points
 
 
-def dose_figure(overall: dict[str, dict[float, float]], path: Path) -> None:
-    """PSNR (paper window, mean over blocks) against dose fraction per method (as the paper's Fig. 5)."""
+def line_figure(series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, path: Path,
+                log_y: bool = False) -> None:  # fmt: skip
+    """One line a name of ``series`` (x values, y values), with a legend: PSNR against dose (as the paper's
+    Fig. 5), training loss against epoch (log scale: the losses differ in scale)."""
     from matplotlib import pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
-    for method, by_dose in overall.items():
-        doses = sorted(by_dose)
-        axis.plot(doses, [by_dose[d] for d in doses], "o-", label=method)
-    axis.set_xlabel("dose fraction")
-    axis.set_ylabel("PSNR (dB), window [-160, 240] HU")
+    figure, axis = plt.subplots(figsize=(6.0, 3.9), layout="constrained")
+    for name, (x, y) in series.items():
+        axis.plot(x, y, "o-" if len(x) < 10 else "-", label=name)
+    if log_y:
+        axis.set_yscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-
-
-def curve_figure(curves: dict[str, list[float]], path: Path) -> None:
-    """Mean training loss per epoch of each run (log scale: the losses differ in scale)."""
-    from matplotlib import pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6.5, 4.0), layout="constrained")
-    for name, losses in curves.items():
-        axis.plot(range(1, len(losses) + 1), losses, label=name)
-    axis.set_yscale("log")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("mean training loss")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    figure.savefig(path, dpi=80)
+    figure.savefig(path, dpi=85)
     plt.close(figure)
 
 
@@ -261,7 +248,8 @@ def write_benchmark_report(settings, order: list[str], selection: dict, records:
         text += ["**Not finished yet** (rerun the command to continue): " + ", ".join(f"`{m}`" for m in pending)
                  + ". Their rows are missing below.", ""]  # fmt: skip
 
-    text += ["## Methods", "", "| method | description | parameters | training | learning rate | s / slice | peak MiB |",
+    text += ["## Methods", "",
+             "| method | description | parameters | training | learning rate | s / slice | peak MiB |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for m in order:
         result = results.get(m)
@@ -367,7 +355,8 @@ def write_benchmark_report(settings, order: list[str], selection: dict, records:
     curves = {m: training_curve(settings.output_dir / "runs" / m / "train.log") for m in order}
     curves = {m: c for m, c in curves.items() if c}
     if curves:
-        curve_figure(curves, figures / "training_curves.png")
+        line_figure({m: (range(1, len(c) + 1), c) for m, c in curves.items()}, "epoch", "mean training loss",
+                    figures / "training_curves.png", log_y=True)
         text += ["## Training curves", "", "Mean training loss per epoch (each run's own loss; runs still going end "
                  "early):", "", f"![training curves]({relative}/training_curves.png)", ""]  # fmt: skip
     if main_table:
@@ -399,7 +388,8 @@ def write_benchmark_report(settings, order: list[str], selection: dict, records:
             text += [f"Kernels of `{kpn}` (as laid over the image, centre pixel in the middle):", "",
                      f"![kernels]({relative}/kernels.png)", ""]  # fmt: skip
         if len(doses) > 1:
-            dose_figure(overall_psnr, figures / "psnr_vs_dose.png")
+            by_method = {m: (sorted(psnr), [psnr[d] for d in sorted(psnr)]) for m, psnr in overall_psnr.items()}
+            line_figure(by_method, "dose fraction", "PSNR (dB), window [-160, 240] HU", figures / "psnr_vs_dose.png")
             text += ["PSNR (paper window, mean over the blocks) against dose:", "",
                      f"![PSNR against dose]({relative}/psnr_vs_dose.png)", ""]  # fmt: skip
     text += [f"Per block, method and dose: `{relative}/benchmark.csv`; per slice: `results/` of the output folder.", ""]
