@@ -53,6 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchmarkSettings:
     parser.add_argument("--patch_size", type=int, nargs=2, default=list(defaults.patch_size))
     parser.add_argument("--notes", type=Path, help="Markdown notes the report links to (what was tried, caveats)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--report_only", action="store_true", help="only write the report from the results there are")
     args = parser.parse_args(argv)
     output_dir = args.output_dir.resolve()
     return BenchmarkSettings(
@@ -64,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchmarkSettings:
         cache_dir=args.cache_dir.resolve() if args.cache_dir else None, epochs=args.epochs,
         ablation_epochs=args.ablation_epochs, pilot_epochs=args.pilot_epochs, learning_rates=tuple(args.learning_rates),
         validation_step=args.validation_step, batch_size=args.batch_size, patches_per_slice=args.patches_per_slice,
-        patch_size=tuple(args.patch_size), notes=args.notes, threads=args.threads,
+        patch_size=tuple(args.patch_size), notes=args.notes, threads=args.threads, report_only=args.report_only,
     )  # fmt: skip
 
 

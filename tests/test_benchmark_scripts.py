@@ -99,6 +99,14 @@ def test_benchmark_pilots_trains_evaluates_reports_and_resumes(tmp_path):
     assert "[evaluate] ldct" in again.stdout and "[evaluate] structkpn" not in again.stdout
     assert (output / "results/structkpn.json").stat().st_mtime_ns == before
 
+    # --report_only writes the report from what is there and runs nothing
+    (output / "results/ldct.json").unlink()
+    report.unlink()
+    only = subprocess.run([*command, "--report_only"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert only.returncode == 0, only.stderr[-3000:]
+    assert "[evaluate]" not in only.stdout and not (output / "results/ldct.json").exists()
+    assert "**Not finished yet**" in report.read_text() and "| `structkpn` |" in report.read_text()
+
 
 def test_training_curve_reads_the_last_pass_of_each_epoch(tmp_path):
     """Epoch means from a train.json log, a resumed epoch counted once (its last pass)."""

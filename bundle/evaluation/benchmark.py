@@ -138,6 +138,7 @@ class BenchmarkSettings:
     patch_size: tuple[int, int] = (64, 64)
     notes: Path | None = None
     threads: int = field(default_factory=torch.get_num_threads)
+    report_only: bool = False
 
     @property
     def low_dose_dir(self) -> Path:
@@ -425,7 +426,8 @@ def training_curve(log: Path) -> list[float]:
 def run_benchmark(settings: BenchmarkSettings) -> None:
     """Simulate the test slices, evaluate the input, pretrained and classical methods, then for each learned method
     choose its family's learning rate, train and evaluate it (main methods first, then ablations); the report is
-    rewritten after each method (finished stages are skipped on a rerun)."""
+    rewritten after each method (finished stages are skipped on a rerun). With ``report_only``, only the report is
+    written, from the results there are."""
     from bundle.evaluation.benchmark_report import write_benchmark_report
 
     if any(METHODS[m].kind in ("classical", "oracle") for m in settings.methods if m in METHODS):
@@ -469,6 +471,8 @@ def run_benchmark(settings: BenchmarkSettings) -> None:
         write_benchmark_report(settings, order, selection, records, pilot_records, results)
 
     report()
+    if settings.report_only:
+        return
     for name in order:
         method = method_of(name)
         if method.kind == "learned" and name not in settings.pretrained:
