@@ -40,7 +40,8 @@ import torch
 from bundle.evaluation.isolation import run_in_fresh_process
 
 __all__ = ["ABLATIONS", "MAIN_METHODS", "METHODS", "PAPER_TABLES", "BenchmarkSettings", "Method", "evaluate",
-           "low_dose_slice", "method_denoiser", "run_benchmark", "select_learning_rate", "select_test_slices", "train",
+           "low_dose_slice", "method_denoiser", "run_benchmark", "select_learning_rate", "select_test_slices", "slice_id",
+           "train",
            "training_curve", "validation_psnr"]  # fmt: skip
 
 Denoise = Callable[[np.ndarray, float, "np.ndarray | None"], np.ndarray]
@@ -331,6 +332,17 @@ def select_test_slices(settings: BenchmarkSettings) -> dict:
     }
 
 
+def slice_id(entry: dict) -> str:
+    """A test slice's name that does not depend on where the data lie: ``<block>/<file name>``."""
+    return f"{entry['block']}/{Path(entry['label']).name}"
+
+
+def _portable(selection: dict) -> dict:
+    """``selection`` with slice names for paths, to compare selections made on different machines."""
+    return {**selection, "entries": [{**e, "label": slice_id(e)} for e in selection["entries"]],
+            "figure_labels": {b: Path(label).name for b, label in selection["figure_labels"].items()}}  # fmt: skip
+
+
 def low_dose_slice(entry: dict, dose: float, settings: BenchmarkSettings, ct=None) -> np.ndarray:
     """The simulated low-dose HU of test ``entry`` at ``dose`` (kept in ``settings.low_dose_dir``)."""
     from bundle.evaluation.generalisation import noise_simulator, simulated_low_dose
@@ -357,7 +369,7 @@ def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None) 
     figures.mkdir(parents=True, exist_ok=True)
     selection = json.loads((settings.output_dir / "test_selection.json").read_text())
     result = json.loads(output.read_text()) if output.exists() else {"peak_extra_mib": 0.0, "slices": []}
-    done = {(row["label"], row["dose_fraction"]) for row in result["slices"]}
+    done = {(slice_id(row), row["dose_fraction"]) for row in result["slices"]}  # (kept from any machine)
     denoise = method_denoiser(method, settings.repo, weights)
     network = getattr(denoise, "network", None)
     result.update(method=method.name, description=method.description, threads=torch.get_num_threads(), device="cpu",
@@ -367,7 +379,7 @@ def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None) 
             figure = figures / f"{entry['block']}.npy"
             is_figure = entry["label"] == selection["figure_labels"][entry["block"]] and not figure.exists()
             pending = [dose for dose in selection["doses"]
-                       if (entry["label"], dose) not in done or (is_figure and dose == selection["dose"])]  # fmt: skip
+                       if (slice_id(entry), dose) not in done or (is_figure and dose == selection["dose"])]  # fmt: skip
             if not pending:
                 continue
             ct = read_ct_slice(entry["label"])
@@ -382,7 +394,7 @@ def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None) 
                     with atomic_output(figure) as temporary:
                         with open(temporary, "wb") as f:
                             np.save(f, np.asarray(prediction, dtype=np.float32))
-                if (entry["label"], dose) in done:  # only the figure was missing (e.g. state from another machine)
+                if (slice_id(entry), dose) in done:  # only the figure was missing (e.g. state from another machine)
                     continue
                 row = {key: entry[key] for key in ("block", "anatomy", "kernel", "label")}
                 result["slices"].append({**row, "dose_fraction": dose, "seconds": seconds,
@@ -445,7 +457,7 @@ def run_benchmark(settings: BenchmarkSettings) -> None:
     (settings.output_dir / "results").mkdir(exist_ok=True)
     selection = select_test_slices(settings)
     selection_path = settings.output_dir / "test_selection.json"
-    if selection_path.exists() and json.loads(selection_path.read_text()) != selection:
+    if selection_path.exists() and _portable(json.loads(selection_path.read_text())) != _portable(selection):
         raise SystemExit(f"{selection_path} was made with other test settings: use a new output_dir")
     selection_path.write_text(json.dumps(selection, indent=1))
     for entry in selection["entries"]:  # simulated once, in this process: evaluations only read them
