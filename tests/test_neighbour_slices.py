@@ -161,23 +161,26 @@ def test_multi_slice_inference_feeds_the_neighbours_and_writes_one_derived_slice
         np.testing.assert_allclose(read_ct_slice(path).hu, 0.5 * hu[z] + 0.5 * previous, atol=1.0)
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    """The first exception of a chain (MONAI wraps errors raised while a config is parsed)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 def test_a_multi_slice_model_is_refused_with_the_single_slice_setting_and_back(tmp_path):
     ckpt = _previous_slice_checkpoint(tmp_path / "model.pt")
     parser = read_bundle_config(CONFIGS / "inference.json")
     parser.update({"ckpt_path": str(ckpt)})
     with pytest.raises(Exception) as raised:
         parser.get_parsed_content("network_def")
-    cause = raised.value
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
+    cause = _root_cause(raised.value)
     assert isinstance(cause, ModelSettingsError) and "slices: trained 3, config 1 (--slices 3)" in str(cause)
     parser = read_bundle_config(CONFIGS / "inference.json")
     parser.update({"slices": 3})  # the shipped single-slice model (its settings file has no "slices")
     with pytest.raises(Exception) as raised:
         parser.get_parsed_content("handlers")
-    cause = raised.value
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
+    cause = _root_cause(raised.value)
     assert isinstance(cause, ModelSettingsError) and "slices: trained 1, config 3" in str(cause)
 
 
