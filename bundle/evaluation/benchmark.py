@@ -13,7 +13,9 @@ estimated from the slice's flattest tiles) and as oracles (given those of the ve
 no user has); learned methods, each ``configs/train.json`` with its network and loss override configs
 (``configs/networks``, ``configs/losses``), all trained on the datalist's training split by the same pipeline (same
 slices, noise draws and patches) with the same budget, each at the learning rate its family's pilot runs score best
-on the datalist's validation split (:func:`select_learning_rate`; the test blocks never choose anything).
+on the datalist's validation split (:func:`select_learning_rate`; the test blocks never choose anything). The
+multi-slice StructKPN (``structkpn_s3``) is given each test slice with its neighbours, simulated as the slice is, with
+their own noise (:func:`low_dose_stack`; the datalist lists them when prepared with neighbours).
 
 :func:`run_benchmark` resumes after a kill at any point (every stage writes its output atomically and skips what
 exists; training resumes from its last epoch checkpoint) and rewrites the report after each method, naming what is
@@ -40,9 +42,9 @@ import torch
 from bundle.evaluation.isolation import run_in_fresh_process
 
 __all__ = ["ABLATIONS", "MAIN_METHODS", "METHODS", "PAPER_TABLES", "BenchmarkSettings", "Method", "evaluate",
-           "low_dose_slice", "method_denoiser", "run_benchmark", "select_learning_rate", "select_test_slices", "slice_id",
-           "train",
-           "training_curve", "validation_psnr"]  # fmt: skip
+           "low_dose_slice", "low_dose_stack", "method_denoiser", "neighbour_stacks", "run_benchmark",
+           "select_learning_rate", "select_test_slices", "slice_id", "train", "training_curve",
+           "validation_pairs", "validation_psnr"]  # fmt: skip
 
 Denoise = Callable[[np.ndarray, float, "np.ndarray | None"], np.ndarray]
 
@@ -62,10 +64,16 @@ class Method:
     budget: str = "main"
     family: str = ""
 
+    @property
+    def slices(self) -> int:
+        """Adjacent slices the method is fed (``overrides["slices"]``, the multi-slice StructKPN; else 1)."""
+        return int(self.overrides.get("slices", 1))
+
 
 _REDCNN, _WAVRESNET = "configs/networks/redcnn.json", "configs/networks/wavresnet.json"
 _UNET = "configs/networks/basicunet.json"
 _MSE, _L1 = "configs/losses/mse.json", "configs/losses/l1.json"
+_MULTI_SLICE = {"slices": 3, "network_def#neighbour_kernel_size": 11}  # the neighbours' kernels: 1.3x the time of S = 1
 METHODS = {
     m.name: m
     for m in [
@@ -75,6 +83,8 @@ METHODS = {
         Method("ksvd", "classical", "K-SVD, dictionary learned on the slice, the added share of its estimated noise"),
         Method("ksvd_oracle", "oracle", "K-SVD, given the true noise level (upper bound)"),
         Method("structkpn", "learned", "StructKPN lite, dose-aware, structure-aware loss, k = 21", family="structkpn"),
+        Method("structkpn_s3", "learned", "StructKPN lite over 3 slices: k = 21 centre, 11 x 11 neighbour kernels", (),
+               _MULTI_SLICE, family="structkpn"),  # fmt: skip
         Method("redcnn", "learned", "RED-CNN, MSE loss", (_REDCNN, _MSE), family="redcnn"),
         Method("unet", "learned", "MONAI BasicUNet predicting the residual, MSE loss", (_UNET, _MSE), family="unet"),
         Method("wavresnet", "learned", "WavResNet (stationary Haar), MSE loss", (_WAVRESNET, _MSE), family="wavresnet"),
@@ -88,15 +98,21 @@ METHODS = {
                    {"kernel_size": k}, budget="ablation", family="structkpn")  # fmt: skip
             for k in (15, 19, 23, 27)
         ],
+        Method("structkpn_s3_n21", "learned", "StructKPN lite over 3 slices, 21 x 21 kernels on every slice", (),
+               {"slices": 3}, budget="ablation", family="structkpn"),  # fmt: skip
+        Method("structkpn_s3_sa", "learned", "StructKPN lite over 3 slices: k = 21 centre, 11 x 11 neighbour kernels",
+               (), _MULTI_SLICE, budget="ablation", family="structkpn"),  # fmt: skip
         Method("structkpn_authors", "learned", "StructKPN authors' preset (full resolution, 24 blocks)",
                ("configs/networks/structkpn_authors.json",), budget="ablation", family="structkpn"),  # fmt: skip
     ]
 }
-MAIN_METHODS = ("ldct", "bm3d", "bm3d_oracle", "ksvd", "ksvd_oracle", "structkpn", "redcnn", "unet", "wavresnet")
+MAIN_METHODS = ("ldct", "bm3d", "bm3d_oracle", "ksvd", "ksvd_oracle", "structkpn", "structkpn_s3", "redcnn", "unet",
+                "wavresnet")  # fmt: skip
 ABLATIONS = {
     "loss": ("redcnn_l1", "redcnn_sa", "structkpn_l1", "structkpn_sa"),
     "kernel_size": ("structkpn_k15", "structkpn_k19", "structkpn_sa", "structkpn_k23", "structkpn_k27"),
     "preset": ("structkpn_sa", "structkpn_authors"),
+    "slices": ("structkpn_sa", "structkpn_s3_sa", "structkpn_s3_n21"),
 }
 #: the paper's PSNR (dB) / SSIM on its NIH data at quarter dose, window [-160, 240] HU: Table 1 (methods), Table 2
 #: (losses), Table 3 (kernel sizes), under this benchmark's method names
@@ -159,7 +175,8 @@ def method_denoiser(method: Method, repo: Path, weights: Path | None = None) -> 
     """``denoise(hu, dose_fraction, added_noise_hu=None) -> hu`` of ``method`` on an (H, W) slice in HU.
 
     A learned method runs through ``configs/inference.json``'s window and, when dose-aware, its conditioning at
-    ``dose_fraction`` (:class:`~bundle.evaluation.denoise.Denoiser`, network at ``.network``, with ``weights``).
+    ``dose_fraction`` (:class:`~bundle.evaluation.denoise.Denoiser`, network at ``.network``, with ``weights``); a
+    multi-slice one (:attr:`Method.slices` = S > 1) is given the (S, H, W) slice and its neighbours, in slice order.
     Classical methods see the slice in that window mapped to [0, 1]. As a user runs them, they estimate the noise
     power spectrum of the slice from its flattest tiles and keep the share a dose reduction adds: noise variance
     grows as 1 / dose, so ``1 - dose_fraction`` of a low-dose slice's noise power was added to the normal dose's
@@ -174,9 +191,12 @@ def method_denoiser(method: Method, repo: Path, weights: Path | None = None) -> 
     if method.kind == "learned":
         network = load_network([repo / "configs/train.json", *[repo / f for f in method.config_files]], weights,
                                **method.overrides)  # fmt: skip
-        denoiser = load_denoiser(inference, network=network, dose_aware=bool(getattr(network, "dose_aware", False)))
+        denoiser = load_denoiser(inference, network=network, dose_aware=bool(getattr(network, "dose_aware", False)),
+                                 slices=method.slices)  # fmt: skip
 
         def learned(hu: np.ndarray, dose_fraction: float, added_noise_hu: np.ndarray | None = None) -> np.ndarray:
+            if method.slices > 1:  # (S, H, W): the slice with its neighbours
+                return denoiser.centre(hu, dose_fraction)
             return denoiser(hu, dose_fraction)
 
         learned.network, learned.network_input = denoiser.network, denoiser.network_input
@@ -262,14 +282,23 @@ def train(method: Method, settings: BenchmarkSettings, epochs: int, learning_rat
     return record
 
 
+def validation_pairs(datalist: Path, step: int) -> list[dict]:
+    """The pairs of the datalist's ``validation`` split of every ``step``-th normal-dose slice (in datalist order),
+    at each dose the split has for it."""
+    entries = json.loads(Path(datalist).read_text())["validation"]
+    kept = set(list(dict.fromkeys(entry["label"] for entry in entries))[::step])
+    return [entry for entry in entries if entry["label"] in kept]
+
+
 def validation_psnr(method: Method, settings: BenchmarkSettings, weights: Path) -> float:
-    """Mean PSNR (dB, paper window) of ``method`` with ``weights`` on every ``validation_step``-th pair of the
-    datalist's ``validation`` split (low-dose ``image``, normal-dose ``label``, ``dose_fraction``)."""
+    """Mean PSNR (dB, paper window) of ``method`` with ``weights`` on the pairs of every ``validation_step``-th
+    slice of the datalist's ``validation`` split (:func:`validation_pairs`: low-dose ``image``, normal-dose
+    ``label``, ``dose_fraction``)."""
     from bundle.io.ct_dicom import read_ct_slice
     from bundle.utils import PAPER_WINDOW_HU, windowed_quality
 
     torch.set_num_threads(settings.threads)
-    entries = json.loads(settings.datalist.read_text())["validation"][:: settings.validation_step]
+    entries = validation_pairs(settings.datalist, settings.validation_step)
     if not entries:
         raise ValueError(f"{settings.datalist}: the validation split is empty; pilots need it to choose rates")
     denoise = method_denoiser(method, settings.repo, weights)
@@ -312,7 +341,8 @@ def select_test_slices(settings: BenchmarkSettings) -> dict:
     slice (its middle selected slice)."""
     from bundle.evaluation.generalisation import held_out_slices
 
-    entries = list(held_out_slices(settings.datalist, settings.slice_step))
+    entries = [{k: v for k, v in e.items() if k != "label_slices"}  # the neighbours: neighbour_stacks
+               for e in held_out_slices(settings.datalist, settings.slice_step)]  # fmt: skip
     if not entries:
         raise ValueError(f"{settings.datalist}: the test split is empty")
     if settings.dose not in settings.doses:
@@ -330,6 +360,32 @@ def select_test_slices(settings: BenchmarkSettings) -> dict:
         "train_slices": len(datalist["training"]),
         "validation_slices": len(datalist.get("validation", [])),
     }
+
+
+def neighbour_stacks(settings: BenchmarkSettings, slices: int) -> dict[str, list[str]]:
+    """Each test slice's ``slices`` adjacent slices in slice order (absolute files, its own in the middle), from the
+    datalist's ``label_slices`` (``prepare_block_datalist(neighbours=R)``), by the slice's absolute ``label``."""
+    from bundle.evaluation.generalisation import held_out_slices
+
+    half, stacks = slices // 2, {}
+    for entry in held_out_slices(settings.datalist, settings.slice_step):
+        around = entry.get("label_slices")
+        if not isinstance(around, list) or len(around) < slices:
+            raise ValueError(f"{settings.datalist}: test slice {entry['label']} lists no {slices} adjacent slices "
+                             "(label_slices): prepare the datalist with neighbours "
+                             f"(scripts/prepare_shipped_model_data.py --neighbours {half})")  # fmt: skip
+        middle = len(around) // 2
+        stacks[entry["label"]] = [str((settings.datalist.parent / path).resolve())
+                                  for path in around[middle - half : middle + half + 1]]  # fmt: skip
+    return stacks
+
+
+def low_dose_stack(entry: dict, neighbours: list[str], dose: float, settings: BenchmarkSettings, ct=None) -> np.ndarray:
+    """The (S, H, W) simulated low-dose HU of test ``entry``'s ``neighbours`` (its adjacent slices, in slice order) at
+    ``dose``: each simulated as :func:`low_dose_slice` simulates a test slice, seeded by its own identity (independent
+    noise), the centre one the very slice every single-slice method is given."""
+    return np.stack([low_dose_slice(entry, dose, settings, ct) if path == entry["label"]
+                     else low_dose_slice({**entry, "label": path}, dose, settings) for path in neighbours])  # fmt: skip
 
 
 def slice_id(entry: dict) -> str:
@@ -371,6 +427,7 @@ def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None) 
     result = json.loads(output.read_text()) if output.exists() else {"peak_extra_mib": 0.0, "slices": []}
     done = {(slice_id(row), row["dose_fraction"]) for row in result["slices"]}  # (kept from any machine)
     denoise = method_denoiser(method, settings.repo, weights)
+    stacks = neighbour_stacks(settings, method.slices) if method.slices > 1 else {}
     network = getattr(denoise, "network", None)
     result.update(method=method.name, description=method.description, threads=torch.get_num_threads(), device="cpu",
                   parameters=sum(p.numel() for p in network.parameters()) if network is not None else None)  # fmt: skip
@@ -387,8 +444,9 @@ def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None) 
             windows = {"paper": PAPER_WINDOW_HU, "own": ANATOMY_WINDOWS_HU[entry["anatomy"]]}
             for dose in pending:
                 low_dose = low_dose_slice(entry, dose, settings, ct)
+                given = low_dose_stack(entry, stacks[entry["label"]], dose, settings, ct) if stacks else low_dose
                 start = time.perf_counter()
-                prediction = denoise(low_dose, dose, low_dose - reference)
+                prediction = denoise(given, dose, low_dose - reference)
                 seconds = time.perf_counter() - start
                 if is_figure and dose == selection["dose"]:
                     with atomic_output(figure) as temporary:
@@ -460,9 +518,13 @@ def run_benchmark(settings: BenchmarkSettings) -> None:
     if selection_path.exists() and _portable(json.loads(selection_path.read_text())) != _portable(selection):
         raise SystemExit(f"{selection_path} was made with other test settings: use a new output_dir")
     selection_path.write_text(json.dumps(selection, indent=1))
+    slices = max(method_of(m).slices for m in methods)
+    stacks = neighbour_stacks(settings, slices) if slices > 1 else {}
     for entry in selection["entries"]:  # simulated once, in this process: evaluations only read them
         for dose in selection["doses"]:
             low_dose_slice(entry, dose, settings)
+            if stacks:
+                low_dose_stack(entry, stacks[entry["label"]], dose, settings)
 
     weights: dict[str, Path] = {name: Path(path).resolve() for name, path in settings.pretrained.items()}
     pilots: dict[str, dict] = {}

@@ -13,8 +13,8 @@ import torch
 
 from bundle.utils import PAPER_WINDOW_HU, provenance, write_report
 
-__all__ = ["block_means", "comparison_figure", "kernel_figure", "line_figure", "worse_than_input",
-           "write_benchmark_report", "zoom_box"]  # fmt: skip
+__all__ = ["MULTI_SLICE_PAIRS", "block_means", "comparison_figure", "kernel_figure", "line_figure",
+           "multi_slice_section", "worse_than_input", "write_benchmark_report", "zoom_box"]  # fmt: skip
 
 METRICS = ("psnr_paper", "ssim_paper", "psnr_own", "ssim_own")
 
@@ -93,7 +93,8 @@ def kernel_figure(
     """Kernels a StructKPN denoiser (with ``.network`` and ``.network_input``) predicts on the (H, W) low-dose slice
     ``hu`` at a flat region, an edge and fine structure of its normal-dose ``reference_hu`` (Fig. 2f-h; gradient
     statistics of the reference windowed from ``window_hu`` to [0, 1], as in training); returns the points,
-    (row, column)."""
+    (row, column). A multi-slice network is given ``hu`` as its (S, H, W) adjacent slices: one row of kernels a
+    slice, each titled with its share of the weight (all taps of all slices sum to 1)."""
     from matplotlib import pyplot as plt
     from scipy import ndimage
 
@@ -114,20 +115,30 @@ def kernel_figure(
         "fine structure": np.where(inner & (smoothed_hu < -500) & (coherence < np.median(coherence[inner])), strength, -np.inf),
     }
     points = {name: tuple(int(i) for i in np.unravel_index(np.argmax(score), score.shape)) for name, score in points.items()}
-    k = network.kernel_size
-    figure, axes = plt.subplots(1, 4, figsize=(12, 3.4), layout="constrained")
-    axes[0].imshow(reference_hu, cmap="gray", vmin=-1000, vmax=400)
+    slices = int(getattr(network, "slices", 1))
+    k, kn = network.kernel_size, int(getattr(network, "neighbour_size", network.kernel_size))
+    # taps: the centre slice's k * k first, then kn * kn a neighbour in slice order (StructKPN.predict_kernels)
+    sizes = [k if s == slices // 2 else kn for s in range(slices)]
+    order = [slices // 2, *[s for s in range(slices) if s != slices // 2]]
+    starts, tap = {}, 0
+    for s in order:
+        starts[s], tap = tap, tap + sizes[s] ** 2
+    figure, axes = plt.subplots(slices, 4, figsize=(12, 3.4 * slices), layout="constrained", squeeze=False)
+    axes[0, 0].imshow(reference_hu, cmap="gray", vmin=-1000, vmax=400)
     for (name, (row, column)), color in zip(points.items(), ("cyan", "red", "orange")):
-        axes[0].plot(column, row, "o", color=color, ms=6, mfc="none")
-        axes[0].annotate(name, (column, row), color=color, fontsize=8, xytext=(4, 4), textcoords="offset points")
-    axes[0].set_title("normal-dose reference, [-1000, 400] HU", fontsize=9)
-    for axis, (name, (row, column)) in zip(axes[1:], points.items()):
-        # tap (s + r) * k + t + r weights x[m - s, n - t]: flipped on both axes it lies as the neighbourhood does
-        stencil = kernels[:, row, column].reshape(k, k).flip(0, 1).numpy()
-        shown = axis.imshow(stencil, cmap="viridis")
-        axis.set_title(f"{name} (row {row}, col {column})", fontsize=9)
-        figure.colorbar(shown, ax=axis, shrink=0.8)
-    for axis in axes:
+        axes[0, 0].plot(column, row, "o", color=color, ms=6, mfc="none")
+        axes[0, 0].annotate(name, (column, row), color=color, fontsize=8, xytext=(4, 4), textcoords="offset points")
+    axes[0, 0].set_title("normal-dose reference, [-1000, 400] HU", fontsize=9)
+    for s in range(slices):
+        for axis, (name, (row, column)) in zip(axes[s, 1:], points.items()):
+            # tap (s + r) * k + t + r weights x[m - s, n - t]: flipped on both axes it lies as the neighbourhood does
+            taps = kernels[starts[s] : starts[s] + sizes[s] ** 2, row, column]
+            shown = axis.imshow(taps.reshape(sizes[s], sizes[s]).flip(0, 1).numpy(), cmap="viridis")
+            share = f"{100 * float(taps.sum()):.0f} % of the weight"
+            where = "" if slices == 1 else f"slice {s - slices // 2:+d}, {share}: "
+            axis.set_title(f"{where}{name} (row {row}, col {column})", fontsize=9)
+            figure.colorbar(shown, ax=axis, shrink=0.8)
+    for axis in axes.flat:
         axis.axis("off")
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -172,6 +183,43 @@ def _learning_rate(pilot: dict | None) -> str:
     return f"{pilot['chosen']:g} (pilot {pilot['epochs']} epochs, validation dB {scores})"
 
 
+#: multi-slice StructKPN against single-slice, same budget and data: (multi-slice, single-slice, budget)
+MULTI_SLICE_PAIRS = (("structkpn_s3", "structkpn", "main"), ("structkpn_s3_sa", "structkpn_sa", "ablation"),
+                     ("structkpn_s3_n21", "structkpn_sa", "ablation"))  # fmt: skip
+
+
+def multi_slice_section(results: dict, means: dict, anatomies: dict[str, list[str]], doses: Sequence[float],
+                         ablation_epochs: int) -> list[str]:  # fmt: skip
+    """Multi-slice StructKPN against single-slice (issue #18's test: >= 0.3 dB PSNR with SSIM not lower, per anatomy
+    at doses up to 0.25, paper window; time and memory per slice within 1.5x)."""
+    pairs = [(m, s, b) for m, s, b in MULTI_SLICE_PAIRS if m in results and s in results]
+    if not pairs:
+        return []
+    text = ["## Multi-slice StructKPN against single-slice", "",
+            "Same data, pipeline and budget; each test slice is given with its two neighbours (their own simulated "
+            "noise). Cells: multi-slice - single-slice, PSNR dB / SSIM, paper window. The test (doses up to 0.25, "
+            "every anatomy): >= +0.3 dB with SSIM not lower.", "",
+            "| multi - single | dose | " + " | ".join(anatomies) + " | test |", "|---" * (len(anatomies) + 3) + "|"]
+    for multi, single, budget in pairs:
+        label = f"`{multi}` - `{single}`" + (f" ({ablation_epochs} epochs)" if budget == "ablation" else "")
+        for d in doses:
+            deltas = {a: (_group_means(means[multi][d], g), _group_means(means[single][d], g))
+                      for a, g in anatomies.items()}  # fmt: skip
+            cells = [f"{x['psnr_paper'] - y['psnr_paper']:+.2f} / {x['ssim_paper'] - y['ssim_paper']:+.4f}"
+                     for x, y in deltas.values()]  # fmt: skip
+            failing = [a for a, (x, y) in deltas.items()
+                       if x["psnr_paper"] - y["psnr_paper"] < 0.3 or x["ssim_paper"] < y["ssim_paper"]]  # fmt: skip
+            verdict = "-" if d > 0.25 else ("holds" if not failing else "fails: " + ", ".join(failing))
+            text.append(f"| {label} | {d:g} | " + " | ".join(cells) + f" | {verdict} |")
+    text += ["", "| multi / single | s / slice | peak MiB |", "|---|---|---|"]
+    for multi, single, _ in pairs:
+        seconds = [float(np.median([r["seconds"] for r in results[m]["slices"]])) for m in (multi, single)]
+        memory = [results[m]["peak_extra_mib"] for m in (multi, single)]
+        text.append(f"| `{multi}` / `{single}` | {seconds[0] / seconds[1]:.2f}x | "
+                    + (f"{memory[0] / memory[1]:.2f}x |" if memory[1] > 0 else "- |"))  # fmt: skip
+    return [*text, ""]
+
+
 def write_benchmark_report(settings, order: list[str], selection: dict, records: dict, pilots: dict,
                            results: dict) -> Path:  # fmt: skip
     """Write ``settings.report`` (Markdown, atomically), ``benchmark.csv`` and the figures in the folder of its stem,
@@ -179,8 +227,8 @@ def write_benchmark_report(settings, order: list[str], selection: dict, records:
     import matplotlib
 
     matplotlib.use("Agg")
-    from bundle.evaluation.benchmark import (ABLATIONS, METHODS, PAPER_TABLES, low_dose_slice, method_denoiser,
-                                            method_of, training_curve)
+    from bundle.evaluation.benchmark import (ABLATIONS, METHODS, PAPER_TABLES, low_dose_slice, low_dose_stack,
+                                            method_denoiser, method_of, neighbour_stacks, training_curve)
     from bundle.evaluation.denoise import hu_window
     from bundle.evaluation.generalisation import ANATOMY_WINDOWS_HU
     from bundle.evaluation.loss_map import dominant_components, loss_component_figure
@@ -236,8 +284,9 @@ def write_benchmark_report(settings, order: list[str], selection: dict, records:
         f"{main_patches:,} patches (the ablations: {settings.ablation_epochs} epochs, {ablation_patches:,} "
         f"patches), batch {settings.batch_size} slices, Adam with cosine decay. Learning rate per family: "
         f"{settings.pilot_epochs}-epoch pilots at {', '.join(f'{lr:g}' for lr in settings.learning_rates)}, "
-        f"scored by PSNR (paper window) on 1 in {settings.validation_step} pairs of the datalist's validation "
-        f"split ({selection['validation_slices']} pairs; no test block), the best kept; ablations use their "
+        f"scored by PSNR (paper window) on the pairs of 1 in {settings.validation_step} slices of the datalist's "
+        f"validation split (every dose of it; {selection['validation_slices']} pairs in all; no test block), the "
+        "best kept; ablations use their "
         "family's rate. The weights scored are the last epoch's.",
         "- s / slice: median wall time of one 512x512 slice, HU to HU; peak MiB: resident memory the method adds "
         "beyond the loaded model and data (sampled every 2 ms), each method in its own process.",
@@ -292,7 +341,7 @@ def write_benchmark_report(settings, order: list[str], selection: dict, records:
             text.append(f"- `{m}`: {len(cases)} of {total}" + (f" (worst: {listed})" if cases else ""))
         text.append("")
 
-    ours = [m for m in ("structkpn", *settings.pretrained) if m in results]
+    ours = [m for m in ("structkpn", "structkpn_s3", *settings.pretrained) if m in results]
     peers = [m for m in main_table if m not in ours and m != "ldct"]
     if ours and peers:
         text += [f"## StructKPN's margins at dose {main_dose:g} (paper window, PSNR dB / SSIM)", "",
@@ -316,6 +365,8 @@ def write_benchmark_report(settings, order: list[str], selection: dict, records:
                 verdict = ", ".join(f"{a} {'holds' if h else 'does not hold'}" for a, h in holds.items())
                 text.append(f"- `{o}` over `{p}` by >= {threshold} dB: {verdict}.")
         text.append("")
+
+    text += multi_slice_section(results, means, anatomies, doses, settings.ablation_epochs)
 
     tables = {"methods": "Table 1 (methods)", "loss": "Table 2 (losses)", "kernel_size": "Table 3 (kernel sizes)"}
     for key, title in tables.items():
@@ -387,6 +438,15 @@ def write_benchmark_report(settings, order: list[str], selection: dict, records:
                           main_dose, window_hu, figures / "kernels.png")  # fmt: skip
             text += [f"Kernels of `{kpn}` (as laid over the image, centre pixel in the middle):", "",
                      f"![kernels]({relative}/kernels.png)", ""]  # fmt: skip
+        if "structkpn_s3" in results:
+            entry = next(e for e in selection["entries"] if e["label"] == selection["figure_labels"][chest])
+            denoiser = method_denoiser(METHODS["structkpn_s3"], settings.repo,
+                                       settings.output_dir / "runs" / "structkpn_s3" / "model.pt")  # fmt: skip
+            stack = low_dose_stack(entry, neighbour_stacks(settings, 3)[entry["label"]], main_dose, settings)
+            kernel_figure(denoiser, stack, np.clip(reference, *window_hu), main_dose, window_hu,
+                          figures / "kernels_s3.png")  # fmt: skip
+            text += ["Kernels of `structkpn_s3` over the slice and its neighbours (rows: slices -1, 0, +1; each "
+                     "with its share of the weight):", "", f"![kernels over slices]({relative}/kernels_s3.png)", ""]
         if len(doses) > 1:
             by_method = {m: (sorted(psnr), [psnr[d] for d in sorted(psnr)]) for m, psnr in overall_psnr.items()}
             line_figure(by_method, "dose fraction", "PSNR (dB), window [-160, 240] HU", figures / "psnr_vs_dose.png")

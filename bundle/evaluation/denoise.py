@@ -65,28 +65,31 @@ class Denoiser:
     def centre(self, hu_slices: np.ndarray, dose_fraction: float | None = None) -> np.ndarray:
         """Denoise the centre slice of (S, H, W) adjacent slices in HU, in slice order, S the network's ``slices``
         (``StructKPN(slices=S)``), as inference feeds a slice with its neighbours; returns (H, W) HU, float32."""
-        stack = np.asarray(hu_slices, dtype=np.float32)
-        slices = int(getattr(self.network, "slices", 1))
-        if stack.ndim != 3 or stack.shape[0] != slices:
-            raise ValueError(f"expected the network's {slices} adjacent slices (S, H, W) in HU, got shape {stack.shape}")
-        data: dict = {"image": torch.as_tensor(stack)}
-        if dose_fraction is not None:
-            data["dose_fraction"] = float(dose_fraction)
-        for transform in self.transforms:
-            if not isinstance(transform, AddNeighbourSlicesd):  # the neighbours are given
-                data = transform(data)
         with torch.inference_mode():
-            prediction = self.network(torch.as_tensor(data["image"])[None].to(self.device))[0].cpu()
+            prediction = self.network(self.network_input(hu_slices, dose_fraction))[0].cpu()
         return np.asarray(self.inverse_window({"pred": prediction})["pred"])[0]
 
     def network_input(self, hu: np.ndarray, dose_fraction: float | None = None) -> torch.Tensor:
         """The network's (1, C, H, W) input for one (H, W) slice in HU, on :attr:`device`: the transforms applied
-        to ``{"image": (1, H, W)}`` (with ``dose_fraction`` when given, which overrides the config's)."""
-        data: dict = {"image": torch.as_tensor(np.asarray(hu, dtype=np.float32))[None]}
+        to ``{"image": (1, H, W)}`` (with ``dose_fraction`` when given, which overrides the config's). Given the
+        (S, H, W) adjacent slices of a multi-slice network (:meth:`centre`), they are its neighbours as they are."""
+        image = np.asarray(hu, dtype=np.float32)
+        slices = int(getattr(self.network, "slices", 1))
+        if image.ndim == 3:
+            if image.shape[0] != slices:
+                raise ValueError(f"expected the network's {slices} adjacent slices (S, H, W) in HU, got shape "
+                                 f"{image.shape}")  # fmt: skip
+        elif image.ndim == 2:
+            image = image[None]
+        else:
+            raise ValueError(f"expected an (H, W) slice or the network's {slices} adjacent slices, got {image.shape}")
+        data: dict = {"image": torch.as_tensor(image)}
         if dose_fraction is not None:
             data["dose_fraction"] = float(dose_fraction)
+        neighbours_given = image.shape[0] > 1
         for transform in self.transforms:
-            data = transform(data)
+            if not (neighbours_given and isinstance(transform, AddNeighbourSlicesd)):
+                data = transform(data)
         return torch.as_tensor(data["image"])[None].to(self.device)
 
 
