@@ -188,7 +188,8 @@ def test_speed_table_states_each_figure_from_the_measurements():
     results = {
         "local_conv_naive": {"seconds": [4.0, 2.0, 3.0], "peak_extra_mib": 900.0, "kernel_tensor_mib": 441.0},
         "local_conv_ours": {"seconds": [0.5, 1.0, 0.75], "peak_extra_mib": 44.1, "kernel_tensor_mib": 441.0},
-        "slice_lite": {"seconds": [0.4]},
+        "slice_lite": {"seconds": [0.4], "peak_extra_mib": 100.0},
+        "slice_lite_3_slices": {"seconds": [0.5, 0.52, 0.6], "peak_extra_mib": 130.0},
         "slice_redcnn": {"seconds": [2.0]},
         "stages_lite": {"stages": stages},
         "series_lite": {"seconds": [1.0], "slices": 4, "slices_per_second": 3.5},
@@ -199,6 +200,7 @@ def test_speed_table_states_each_figure_from_the_measurements():
     assert rows["local_conv_ours"][1:4] == ["0.750", "0.25x naive time", "44"]  # medians 0.75 / 3.0
     assert rows["local_conv_ours"][4].startswith("peak = 0.10x the 441 MiB kernel tensor")
     assert rows["slice_lite"][2] == "5.0x faster than redcnn"  # 2.0 / 0.4
+    assert rows["slice_lite_3_slices"][2].startswith("1.30x the time of slice_lite; 1.30x its memory")  # 0.52 / 0.4
     assert rows["stages_lite"][1] == "0.310"  # 0.01 + 0.2 + 0.1
     assert rows["stages_lite"][2] == "6.0x faster bands than before"  # (0.3 + 0.1 + 0.2) / 0.1
     assert "= 0.600 s" in rows["stages_lite"][4]

@@ -17,7 +17,9 @@ bundle's configs do (:func:`~bundle.utils.retain_freed_memory`), except ``local_
   :meth:`~bundle.networks.StructKPN.filter_band` (``Conv2d`` head, softmax, 441-tap loop), TorchScript
   (``models/model.ts``), ``inference_dtype="bfloat16"``, ``torch.compile``
   (:meth:`~bundle.networks.StructKPN.compile_inference`), one thread, glibc's default allocator settings, the
-  previous single-dose model (read from git at :data:`SINGLE_DOSE_COMMIT`); the authors' preset and RED-CNN (random
+  previous single-dose model (read from git at :data:`SINGLE_DOSE_COMMIT`); the multi-slice network (the slice and
+  two neighbours, 11 x 11 or 21 x 21 neighbour kernels, the shipped weights warm-started to 3 slices, against the
+  single-slice time and memory of the same run); the authors' preset and RED-CNN (random
   weights: their time does not depend on them); BM3D on the same windowed slice.
 - ``stages_lite``: where one slice's time goes: window and dose conditioning, backbone, bands (head, softmax and
   Eq. 1), against the reference band path (``Conv2d`` head, ``torch.softmax``, 441-tap loop).
@@ -55,9 +57,13 @@ SLICE_VARIANTS = (
     "lite_compile",
     "lite_1thread",
     "lite_glibc_defaults",
+    "lite_3_slices",
+    "lite_3_slices_n21",
     "authors",
     "redcnn",
 )
+#: neighbour kernel size of the multi-slice variants (``lite_3_slices``: 11 x 11, as the benchmark's structkpn_s3)
+MULTI_SLICE_VARIANTS = {"lite_3_slices": 11, "lite_3_slices_n21": 21}
 TRAIN_BATCH = 16  # patches of 64 x 64 a training step
 CASES = (
     "local_conv_naive",
@@ -159,6 +165,16 @@ def _slice_denoiser(variant: str, options: SpeedOptions) -> Callable[[np.ndarray
                                check=True, capture_output=True).stdout  # fmt: skip
         state = torch.load(io.BytesIO(state), map_location="cpu", weights_only=True)
         return load_denoiser(config, state, options.device, dose_aware=False)
+    if variant in MULTI_SLICE_VARIANTS:  # the shipped weights warm-started to 3 slices (as training starts)
+        from bundle.networks import multi_slice_state_dict
+
+        kn = MULTI_SLICE_VARIANTS[variant]
+        state = multi_slice_state_dict(torch.load(weights, map_location="cpu", weights_only=True), 3, kn)
+        network = configured_network(options.repo / "configs/train.json", slices=3,
+                                     network_def__neighbour_kernel_size=kn)  # fmt: skip
+        network.load_state_dict(state)
+        denoiser = load_denoiser(config, device=options.device, network=network, slices=3)
+        return lambda hu: denoiser.centre(np.stack([hu, hu, hu]))  # the slice with two neighbours
     dtype = "bfloat16" if variant == "lite_bf16" else "float32"
     network = load_network(config, weights, options.device, inference_dtype=dtype)
     wrapped = {"lite_whole_slice": _WholeSlice, "lite_conv_head_bands": _ConvHeadBands}.get(variant)
@@ -371,6 +387,11 @@ def table(results: dict[str, dict], options: SpeedOptions) -> str:
         ratios = []
         if variant == "lite_single_dose" and "slice_lite" in median:
             ratios.append(f"shipped dose-aware model takes {median['slice_lite'] / median[name]:.2f}x this time")
+        if variant in MULTI_SLICE_VARIANTS and "slice_lite" in median:
+            ratios.append(f"{median[name] / median['slice_lite']:.2f}x the time of slice_lite")
+            single = results["slice_lite"].get("peak_extra_mib")
+            if single and "peak_extra_mib" in results[name]:
+                ratios.append(f"{results[name]['peak_extra_mib'] / single:.2f}x its memory")
         for peer in ("bm3d", "redcnn"):
             if f"slice_{peer}" in median and peer != variant:
                 ratios.append(f"{median[f'slice_{peer}'] / median[name]:.1f}x faster than {peer}")
