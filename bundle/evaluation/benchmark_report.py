@@ -123,7 +123,8 @@ def kernel_figure(
     starts, tap = {}, 0
     for s in order:
         starts[s], tap = tap, tap + sizes[s] ** 2
-    figure, axes = plt.subplots(slices, 4, figsize=(12, 3.4 * slices), layout="constrained", squeeze=False)
+    figure, axes = plt.subplots(slices, 4, figsize=(12, 3.4 * slices + 0.3 * (slices > 1)), layout="constrained",
+                                squeeze=False)  # fmt: skip
     axes[0, 0].imshow(reference_hu, cmap="gray", vmin=-1000, vmax=400)
     for (name, (row, column)), color in zip(points.items(), ("cyan", "red", "orange")):
         axes[0, 0].plot(column, row, "o", color=color, ms=6, mfc="none")
@@ -134,9 +135,10 @@ def kernel_figure(
             # tap (s + r) * k + t + r weights x[m - s, n - t]: flipped on both axes it lies as the neighbourhood does
             taps = kernels[starts[s] : starts[s] + sizes[s] ** 2, row, column]
             shown = axis.imshow(taps.reshape(sizes[s], sizes[s]).flip(0, 1).numpy(), cmap="viridis")
-            share = f"{100 * float(taps.sum()):.0f} % of the weight"
-            where = "" if slices == 1 else f"slice {s - slices // 2:+d}, {share}: "
-            axis.set_title(f"{where}{name} (row {row}, col {column})", fontsize=9)
+            title = f"{name} (row {row}, col {column})"
+            if slices > 1:
+                title += f"\nslice {s - slices // 2:+d}: {100 * float(taps.sum()):.0f} % of the weight"
+            axis.set_title(title, fontsize=9)
             figure.colorbar(shown, ax=axis, shrink=0.8)
     for axis in axes.flat:
         axis.axis("off")
