@@ -194,3 +194,17 @@ def test_the_denoiser_gives_a_multi_slice_network_a_slice_with_its_neighbours(tm
     np.testing.assert_allclose(denoiser(stack[1], 0.25), np.full((24, 24), 50.0), atol=0.01)  # alone: no neighbours
     with pytest.raises(ValueError, match=r"network's 3 adjacent slices"):
         denoiser.centre(stack[:2], 0.25)
+
+
+@pytest.mark.parametrize("slices", [0, -1, 2, 4])
+def test_every_multi_slice_part_refuses_an_even_or_non_positive_slice_count(slices):
+    from bundle.io.datalist import with_neighbour_slices
+    from bundle.networks import StructKPN
+    from bundle.utils import check_slices
+
+    assert check_slices(1) == 1 and check_slices(3) == 3
+    for build in (lambda: check_slices(slices), lambda: StructKPN(slices=slices), lambda: neighbour_indices([0.0], slices),
+                  lambda: AddNeighbourSlicesd(keys="image", slices=slices),
+                  lambda: with_neighbour_slices([{"image": "a"}], slices)):  # fmt: skip
+        with pytest.raises(ValueError, match=f"slices must be a positive odd integer, got {slices}"):
+            build()

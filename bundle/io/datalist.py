@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bundle.io.atomic import atomic_output
+from bundle.utils.slices import check_slices
 
 __all__ = ["SPLITS", "split_patients", "build_datalist", "neighbour_keys", "with_neighbour_slices", "write_datalist"]
 
@@ -125,8 +126,7 @@ def with_neighbour_slices(items: Sequence[Mapping], slices: int, keys: Sequence[
     """
     if slices == 1:
         return list(items)
-    if slices < 1 or slices % 2 == 0:
-        raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+    check_slices(slices)
     half, converted = slices // 2, []
     for entry in items:
         item = dict(entry)

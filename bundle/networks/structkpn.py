@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bundle.layers.local_conv import kernel_size_from_taps, local_conv2d_padded, pad_for_local_conv
+from bundle.utils.slices import check_slices
 
 __all__ = ["NEIGHBOUR_SHARE", "STRUCTKPN_PRESETS", "StructKPN", "dose_aware_state_dict", "multi_slice_state_dict"]
 
@@ -169,8 +170,7 @@ class StructKPN(nn.Module):
             raise ValueError(f"output_noise must be 'normal_dose' or 'mmse', got {output_noise!r}.")
         if inference_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"inference_dtype must be 'float32' or 'bfloat16', got {inference_dtype!r}.")
-        if slices < 1 or slices % 2 == 0:
-            raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+        check_slices(slices)
         if neighbour_kernel_size == kernel_size:
             neighbour_kernel_size = None  # the default, recorded as such
         if neighbour_kernel_size is not None and slices == 1:
@@ -506,8 +506,7 @@ def multi_slice_state_dict(
     slices agree the network is then the single-slice one exactly (kn = k). With ``kernel_norm="none"`` the
     neighbour kernels are 0: the single-slice filter for any input. Other tensors are shared.
     """
-    if slices < 1 or slices % 2 == 0:
-        raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+    check_slices(slices)
     if not 0.0 < neighbour_share < 1.0:
         raise ValueError(f"neighbour_share must be in (0, 1), got {neighbour_share}.")
     weight, bias, stem = state_dict["head.2.weight"], state_dict["head.2.bias"], state_dict["stem.0.weight"]

@@ -15,6 +15,7 @@ from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from bundle.io.ct_dicom import SOURCE_FILES_KEY, CTInputError, frame_geometry, is_multiframe, read_dicom
 from bundle.io.datalist import neighbour_keys
+from bundle.utils.slices import check_slices
 
 __all__ = ["AddNeighbourSlicesd", "GAP_FACTOR", "StackNeighbourSlicesd", "neighbour_indices", "slice_positions_mm"]
 
@@ -73,8 +74,7 @@ def neighbour_indices(positions_mm: Sequence[float], slices: int, gap_factor: fl
         >>> neighbour_indices([0.0, 5.0, 10.0, 25.0, 30.0], 3).tolist()  # a 15 mm gap after 10 mm
         [[0, 0, 1], [0, 1, 2], [1, 2, 2], [3, 3, 4], [3, 4, 4]]
     """
-    if slices < 1 or slices % 2 == 0:
-        raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+    check_slices(slices)
     positions = np.asarray(positions_mm, dtype=float)
     order = np.argsort(positions, kind="stable")
     rank = np.empty(len(order), dtype=int)
@@ -116,8 +116,7 @@ class AddNeighbourSlicesd(MapTransform):
         self, keys: KeysCollection, slices: int = 3, gap_factor: float = GAP_FACTOR, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if slices < 1 or slices % 2 == 0:
-            raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+        check_slices(slices)
         self.slices = slices
         self.gap_factor = gap_factor
 
@@ -175,8 +174,7 @@ class StackNeighbourSlicesd(MapTransform):
     def __init__(self, keys: KeysCollection, slices: int = 3, output_key: str | None = None,
                  allow_missing_keys: bool = False) -> None:  # fmt: skip
         super().__init__(keys, allow_missing_keys)
-        if slices < 1 or slices % 2 == 0:
-            raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+        check_slices(slices)
         if output_key is not None and len(self.keys) != 1:
             raise ValueError(f"output_key needs a single key, got {self.keys}.")
         self.slices = slices

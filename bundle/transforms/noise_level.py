@@ -13,6 +13,7 @@ from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from bundle.io.ct_dicom import SOURCE_FILES_KEY, CTInputError
 from bundle.io.exposure import exposure_dose_fractions
+from bundle.utils.slices import check_slices
 
 __all__ = ["NOISE_BIAS_ON_FBP_NOISE", "AddDoseConditiond", "local_noise_std"]
 
@@ -131,8 +132,7 @@ class AddDoseConditiond(MapTransform):
         slices: int = 1,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if slices < 1 or slices % 2 == 0:
-            raise ValueError(f"slices must be a positive odd integer, got {slices}.")
+        check_slices(slices)
         self.slices = slices
         self.dose_fraction = self._checked(dose_fraction, "dose_fraction")
         self.dose_key = dose_key

@@ -4,6 +4,7 @@ sampling, windowed quality, provenance, atomic reports."""
 from bundle.utils.config import read_bundle_config, shared_config
 from bundle.utils.memory import retain_freed_memory
 from bundle.utils.profiling import PeakMemorySampler, resident_memory_bytes
+from bundle.utils.slices import check_slices
 from bundle.utils.reporting import (
     CHEST_WINDOW_HU,
     PAPER_WINDOW_HU,
@@ -19,6 +20,7 @@ __all__ = [
     "PAPER_WINDOW_HU",
     "REPORT_WINDOWS",
     "PeakMemorySampler",
+    "check_slices",
     "git_commit",
     "provenance",
     "read_bundle_config",
