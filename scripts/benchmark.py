@@ -48,6 +48,8 @@ def parse_args(argv: Sequence[str] | None) -> BenchmarkSettings:
     parser.add_argument("--pilot_epochs", type=int, default=defaults.pilot_epochs)
     parser.add_argument("--learning_rates", type=float, nargs="+", default=list(defaults.learning_rates))
     parser.add_argument("--validation_step", type=int, default=defaults.validation_step)
+    parser.add_argument("--noise_strengths", type=float, nargs="+", default=list(defaults.noise_strengths),
+                        help="shares of their noise estimate the classical methods may remove (chosen on validation)")
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size)
     parser.add_argument("--patches_per_slice", type=int, default=defaults.patches_per_slice)
     parser.add_argument("--patch_size", type=int, nargs=2, default=list(defaults.patch_size))
@@ -64,7 +66,8 @@ def parse_args(argv: Sequence[str] | None) -> BenchmarkSettings:
         doses=tuple(args.doses), dose=args.dose, slice_step=args.slice_step,
         cache_dir=args.cache_dir.resolve() if args.cache_dir else None, epochs=args.epochs,
         ablation_epochs=args.ablation_epochs, pilot_epochs=args.pilot_epochs, learning_rates=tuple(args.learning_rates),
-        validation_step=args.validation_step, batch_size=args.batch_size, patches_per_slice=args.patches_per_slice,
+        validation_step=args.validation_step, noise_strengths=tuple(args.noise_strengths),
+        batch_size=args.batch_size, patches_per_slice=args.patches_per_slice,
         patch_size=tuple(args.patch_size), notes=args.notes, threads=args.threads, report_only=args.report_only,
     )  # fmt: skip
 

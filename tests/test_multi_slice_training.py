@@ -87,6 +87,32 @@ def test_training_neighbours_have_the_centre_filter_and_independent_noise(block_
                 assert abs(np.corrcoef(noise[side].ravel(), noise[1].ravel())[0, 1]) < 0.3
 
 
+def test_a_folder_left_by_other_settings_is_resimulated_so_a_stack_never_mixes_filters(block_data, tmp_path):
+    """Resuming into pairs whose training images were made with the other filter (an earlier draw): those files are
+    simulated again with the drawn one, files made with the same settings are kept, and every stack has one filter."""
+    from bundle.simulation import LowDoseSimulator
+    from bundle.simulation.paired import simulate_dicom_slice
+
+    root, _, _ = block_data
+    output = tmp_path / "pairs"
+    first = json.loads(prepare_block_datalist(root / "blocks.json", root / "data", output).read_text())
+    sources = {p.name: p for p in (root / "data/patient/series").glob("*.dcm")}
+    for entry in first["training"]:
+        image = output / entry["image"]
+        drawn = "hann" if " hann filtered" in pydicom.dcmread(image).DerivationDescription else "ram-lak"
+        other = LowDoseSimulator(num_views=60, filter_name="ram-lak" if drawn == "hann" else "hann")
+        simulate_dicom_slice(sources[image.name], image, 0.5, 0, other)  # as an earlier draw left it
+    kept = {e["image"]: (output / e["image"]).stat().st_mtime_ns for e in first["validation"]}
+    multi = json.loads(prepare_block_datalist(root / "blocks.json", root / "data", output, neighbours=1).read_text())
+    for entry in multi["training"]:
+        filters = [pydicom.dcmread(output / p).DerivationDescription for p in entry["image_slices"]]
+        expected = json.loads((root / "multi" / "datalist.json").read_text())  # made in a fresh folder
+        fresh = next(e for e in expected["training"] if e["label"] == entry["label"])
+        assert filters[1] == pydicom.dcmread(root / "multi" / fresh["image"]).DerivationDescription
+        assert len({" hann filtered" in f for f in filters}) == 1
+    assert {e["image"]: (output / e["image"]).stat().st_mtime_ns for e in multi["validation"]} == kept
+
+
 def test_with_neighbour_slices_gives_the_load_keys_and_names_a_missing_entry(block_data):
     root, plain, multi = block_data
     items = load_decathlon_datalist(multi, data_list_key="training")

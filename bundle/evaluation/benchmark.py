@@ -13,7 +13,9 @@ estimated from the slice's flattest tiles) and as oracles (given those of the ve
 no user has); learned methods, each ``configs/train.json`` with its network and loss override configs
 (``configs/networks``, ``configs/losses``), all trained on the datalist's training split by the same pipeline (same
 slices, noise draws and patches) with the same budget, each at the learning rate its family's pilot runs score best
-on the datalist's validation split (:func:`select_learning_rate`; the test blocks never choose anything). The
+on the datalist's validation split (:func:`select_learning_rate`), and each classical method at the noise strength
+(the share of its noise estimate it removes) chosen there (:func:`select_noise_strength`); the test blocks never
+choose anything. The
 multi-slice StructKPN (``structkpn_s3``) is given each test slice with its neighbours, simulated as the slice is, with
 their own noise (:func:`low_dose_stack`; the datalist lists them when prepared with neighbours).
 
@@ -41,10 +43,10 @@ import torch
 
 from bundle.evaluation.isolation import run_in_fresh_process
 
-__all__ = ["ABLATIONS", "MAIN_METHODS", "METHODS", "PAPER_TABLES", "BenchmarkSettings", "Method", "evaluate",
-           "low_dose_slice", "low_dose_stack", "method_denoiser", "neighbour_stacks", "run_benchmark",
-           "select_learning_rate", "select_test_slices", "slice_id", "train", "training_curve",
-           "validation_pairs", "validation_psnr"]  # fmt: skip
+__all__ = ["ABLATIONS", "MAIN_METHODS", "METHODS", "PAPER_TABLES", "BenchmarkSettings", "Method",
+           "chosen_noise_strength", "evaluate", "low_dose_slice", "low_dose_stack", "method_denoiser",
+           "neighbour_stacks", "run_benchmark", "select_learning_rate", "select_noise_strength", "select_test_slices",
+           "slice_id", "train", "training_curve", "validation_pairs", "validation_psnr", "validation_scores"]  # fmt: skip
 
 Denoise = Callable[[np.ndarray, float, "np.ndarray | None"], np.ndarray]
 
@@ -129,8 +131,8 @@ PAPER_TABLES = {
 @dataclass
 class BenchmarkSettings:
     """What :func:`run_benchmark` runs: the block datalist, the methods, the doses (``dose``: the main tables'), the
-    test slices, the budgets, the pilot learning rates, where results and the report go (figures in the folder of
-    its stem) and the command the report states."""
+    test slices, the budgets, the pilot learning rates and noise strengths, where results and the report go (figures
+    in the folder of its stem) and the command the report states."""
 
     repo: Path
     datalist: Path
@@ -150,6 +152,7 @@ class BenchmarkSettings:
     pilot_epochs: int = 2
     learning_rates: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     validation_step: int = 2
+    noise_strengths: tuple[float, ...] = (0.25, 0.5, 1.0)
     batch_size: int = 2
     patches_per_slice: int = 8
     patch_size: tuple[int, int] = (64, 64)
@@ -171,7 +174,7 @@ def method_of(name: str) -> Method:
     return METHODS.get(name) or Method(name, "learned", "StructKPN lite, pretrained")
 
 
-def method_denoiser(method: Method, repo: Path, weights: Path | None = None) -> Denoise:
+def method_denoiser(method: Method, repo: Path, weights: Path | None = None, noise_strength: float = 1.0) -> Denoise:
     """``denoise(hu, dose_fraction, added_noise_hu=None) -> hu`` of ``method`` on an (H, W) slice in HU.
 
     A learned method runs through ``configs/inference.json``'s window and, when dose-aware, its conditioning at
@@ -181,7 +184,8 @@ def method_denoiser(method: Method, repo: Path, weights: Path | None = None) -> 
     power spectrum of the slice from its flattest tiles and keep the share a dose reduction adds: noise variance
     grows as 1 / dose, so ``1 - dose_fraction`` of a low-dose slice's noise power was added to the normal dose's
     (the normal-dose image keeps its own noise, as the learned methods are trained to). Oracle ones are given the
-    added noise itself (same units).
+    added noise itself (same units). Either way, ``noise_strength`` scales the noise power they are told to remove
+    (K-SVD's noise level by its square root): 1 is the estimate (or the truth) as it is; below 1, gentler.
     ``ldct`` returns the input unchanged, as the scanner gives it.
     """
     from bundle.evaluation.denoise import hu_window, load_denoiser, load_network
@@ -212,6 +216,9 @@ def method_denoiser(method: Method, repo: Path, weights: Path | None = None) -> 
         noise_std_from_power_spectrum,
     )
 
+    if not noise_strength > 0:
+        raise ValueError(f"{method.name}: noise_strength must be > 0, got {noise_strength}")
+
     def classical(hu: np.ndarray, dose_fraction: float, added_noise_hu: np.ndarray | None = None) -> np.ndarray:
         image = np.clip((np.asarray(hu, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
         if method.kind == "oracle":
@@ -224,6 +231,7 @@ def method_denoiser(method: Method, repo: Path, weights: Path | None = None) -> 
                 raise ValueError(f"{method.name} needs a dose fraction in (0, 1), got {dose_fraction}")
             psd = (1.0 - dose_fraction) * estimate_noise_power_spectrum(image)
             sigma = noise_std_from_power_spectrum(psd)
+        psd, sigma = noise_strength * psd, math.sqrt(noise_strength) * sigma
         if method.name.startswith("bm3d"):
             denoised = bm3d_denoise(image, noise_psd=psd)
         else:
@@ -290,25 +298,38 @@ def validation_pairs(datalist: Path, step: int) -> list[dict]:
     return [entry for entry in entries if entry["label"] in kept]
 
 
-def validation_psnr(method: Method, settings: BenchmarkSettings, weights: Path) -> float:
-    """Mean PSNR (dB, paper window) of ``method`` with ``weights`` on the pairs of every ``validation_step``-th
-    slice of the datalist's ``validation`` split (:func:`validation_pairs`: low-dose ``image``, normal-dose
-    ``label``, ``dose_fraction``)."""
+def validation_scores(method: Method, settings: BenchmarkSettings, weights: Path | None = None,
+                      noise_strength: float = 1.0) -> list[dict]:  # fmt: skip
+    """``method``'s PSNR (dB) and SSIM in the paper's and the anatomy's window on each pair of every
+    ``validation_step``-th slice of the datalist's ``validation`` split (:func:`validation_pairs`: low-dose ``image``,
+    normal-dose ``label``, ``dose_fraction``; an oracle is given ``image - label``), one row a pair, with its block,
+    anatomy, kernel, dose and seconds (the rows :func:`evaluate` writes for test slices)."""
+    from bundle.evaluation.generalisation import ANATOMY_WINDOWS_HU
     from bundle.io.ct_dicom import read_ct_slice
     from bundle.utils import PAPER_WINDOW_HU, windowed_quality
 
     torch.set_num_threads(settings.threads)
     entries = validation_pairs(settings.datalist, settings.validation_step)
     if not entries:
-        raise ValueError(f"{settings.datalist}: the validation split is empty; pilots need it to choose rates")
-    denoise = method_denoiser(method, settings.repo, weights)
-    scores = []
+        raise ValueError(f"{settings.datalist}: the validation split is empty; pilots need it to choose settings")
+    denoise = method_denoiser(method, settings.repo, weights, noise_strength)
+    rows = []
     for entry in entries:
-        image = read_ct_slice(settings.datalist.parent / entry["image"]).hu
-        label = read_ct_slice(settings.datalist.parent / entry["label"]).hu
-        output = denoise(image, float(entry["dose_fraction"]))
-        scores.append(windowed_quality(output, label, {"paper": PAPER_WINDOW_HU})["psnr_paper"])
-    return float(np.mean(scores))
+        image = read_ct_slice(settings.datalist.parent / entry["image"]).hu.astype(np.float32)
+        label = read_ct_slice(settings.datalist.parent / entry["label"]).hu.astype(np.float32)
+        dose = float(entry["dose_fraction"])
+        start = time.perf_counter()
+        output = denoise(image, dose, image - label)
+        seconds = time.perf_counter() - start
+        windows = {"paper": PAPER_WINDOW_HU, "own": ANATOMY_WINDOWS_HU[entry["anatomy"]]}
+        rows.append({**{key: entry[key] for key in ("block", "anatomy", "kernel", "label")}, "dose_fraction": dose,
+                     "seconds": seconds, **windowed_quality(output, label, windows)})  # fmt: skip
+    return rows
+
+
+def validation_psnr(method: Method, settings: BenchmarkSettings, weights: Path) -> float:
+    """Mean PSNR (dB, paper window) of ``method`` with ``weights`` over :func:`validation_scores`."""
+    return float(np.mean([row["psnr_paper"] for row in validation_scores(method, settings, weights)]))
 
 
 def select_learning_rate(family: Method, settings: BenchmarkSettings) -> dict:
@@ -334,6 +355,56 @@ def select_learning_rate(family: Method, settings: BenchmarkSettings) -> dict:
     record["chosen"] = float(max(finite, key=finite.get))  # a diverged pilot (NaN) is never chosen
     path.write_text(json.dumps(record, indent=2))
     return record
+
+
+def select_noise_strength(method: Method, settings: BenchmarkSettings) -> dict:
+    """The noise strength of classical ``method`` (:func:`method_denoiser`): each of ``noise_strengths`` scored by
+    :func:`validation_scores` against the input's; chosen: the best mean validation PSNR (paper window) among the
+    strengths that are below the input in no validation block mean (block x dose x metric x window), else the
+    strength below it in the fewest. BM3D and K-SVD remove what their noise model calls noise, which at the full
+    estimate smooths fine structure away (SSIM below the input on sharp kernels); the input is the floor a user
+    expects, so it selects first. Written to ``output_dir/pilots/<name>.json`` as each strength is scored."""
+    from bundle.evaluation.benchmark_report import worse_than_input
+
+    path = settings.output_dir / "pilots" / f"{method.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = json.loads(path.read_text()) if path.exists() else {"validation_step": settings.validation_step,
+                                                                 "scores": {}}  # fmt: skip
+    doses = sorted({float(e["dose_fraction"]) for e in validation_pairs(settings.datalist, settings.validation_step)})
+    given = {"slices": validation_scores(METHODS["ldct"], settings)}
+    for strength in settings.noise_strengths:
+        if f"{strength:g}" in record["scores"]:
+            continue
+        rows = run_in_fresh_process(validation_scores, method, settings, None, strength)
+        below = worse_than_input({"ldct": given, method.name: {"slices": rows}}, doses)[method.name]
+        record["scores"][f"{strength:g}"] = {
+            "validation_psnr": round(float(np.mean([r["psnr_paper"] for r in rows])), 3),
+            "validation_ssim": round(float(np.mean([r["ssim_paper"] for r in rows])), 4),
+            "below_input": [[block, dose, key, round(delta, 4)] for block, dose, key, delta in below],
+            "seconds": sum(r["seconds"] for r in rows)}  # fmt: skip
+        print(f"[pilot] {method.name} noise strength {strength:g}: validation PSNR "
+              f"{record['scores'][f'{strength:g}']['validation_psnr']:.2f} dB, below the input in {len(below)} "
+              "cases", flush=True)  # fmt: skip
+        path.write_text(json.dumps(record, indent=2))
+    record["chosen"] = chosen_noise_strength({float(k): v for k, v in record["scores"].items()
+                                              if float(k) in settings.noise_strengths})  # fmt: skip
+    path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def chosen_noise_strength(scores: dict[float, dict]) -> float:
+    """Of ``{strength: {"validation_psnr": dB, "below_input": [cases]}}``, the best PSNR among the strengths with no
+    case below the input, else the strength with the fewest (ties: the better PSNR)."""
+    return max(scores, key=lambda k: (-len(scores[k]["below_input"]), scores[k]["validation_psnr"]))
+
+
+def _discard_other_strength(result_path: Path, noise_strength: float) -> None:
+    """Remove a classical method's results made at another noise strength (before strengths were chosen: 1)."""
+    if result_path.exists() and json.loads(result_path.read_text()).get("noise_strength", 1.0) != noise_strength:
+        print(f"[evaluate] {result_path.stem}: results at another noise strength are redone", flush=True)
+        for figure in result_path.with_suffix("").glob("*.npy"):
+            figure.unlink()
+        result_path.unlink()
 
 
 def select_test_slices(settings: BenchmarkSettings) -> dict:
@@ -409,11 +480,12 @@ def low_dose_slice(entry: dict, dose: float, settings: BenchmarkSettings, ct=Non
     return simulated_low_dose(entry, dose, ct, settings.seed, simulator, settings.low_dose_dir)
 
 
-def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None) -> Path:
+def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None, noise_strength: float = 1.0) -> Path:
     """Denoise every test slice at every dose with ``method``; writes ``output_dir/results/<name>.json`` as it goes
     (per slice and dose: PSNR/SSIM in the paper's and the anatomy's window, seconds HU to HU; the peak memory beyond
     the loaded model and data, the largest of the runs that wrote it), resuming what is there, and each block's
-    figure slice at the main dose (``results/<name>/<block>.npy``, HU)."""
+    figure slice at the main dose (``results/<name>/<block>.npy``, HU). ``noise_strength``: a classical method's
+    (:func:`method_denoiser`), recorded."""
     from bundle.evaluation.generalisation import ANATOMY_WINDOWS_HU
     from bundle.io.atomic import atomic_output
     from bundle.io.ct_dicom import read_ct_slice
@@ -426,11 +498,13 @@ def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None) 
     selection = json.loads((settings.output_dir / "test_selection.json").read_text())
     result = json.loads(output.read_text()) if output.exists() else {"peak_extra_mib": 0.0, "slices": []}
     done = {(slice_id(row), row["dose_fraction"]) for row in result["slices"]}  # (kept from any machine)
-    denoise = method_denoiser(method, settings.repo, weights)
+    denoise = method_denoiser(method, settings.repo, weights, noise_strength)
     stacks = neighbour_stacks(settings, method.slices) if method.slices > 1 else {}
     network = getattr(denoise, "network", None)
     result.update(method=method.name, description=method.description, threads=torch.get_num_threads(), device="cpu",
                   parameters=sum(p.numel() for p in network.parameters()) if network is not None else None)  # fmt: skip
+    if method.kind in ("classical", "oracle"):
+        result["noise_strength"] = noise_strength
     with PeakMemorySampler() as memory:
         for entry in selection["entries"]:
             figure = figures / f"{entry['block']}.npy"
@@ -494,8 +568,9 @@ def training_curve(log: Path) -> list[float]:
 
 
 def run_benchmark(settings: BenchmarkSettings) -> None:
-    """Simulate the test slices, evaluate the input, pretrained and classical methods, then for each learned method
-    choose its family's learning rate, train and evaluate it (main methods first, then ablations); the report is
+    """Simulate the test slices, evaluate the input and pretrained methods, each classical method at the noise
+    strength chosen on the validation split, then for each learned method choose its family's learning rate, train
+    and evaluate it (main methods first, then ablations); the report is
     rewritten after each method (finished stages are skipped on a rerun). With ``report_only``, only the report is
     written, from the results there are."""
     from bundle.evaluation.benchmark_report import write_benchmark_report
@@ -548,7 +623,11 @@ def run_benchmark(settings: BenchmarkSettings) -> None:
     if settings.report_only:
         return
     for name in order:
-        method = method_of(name)
+        method, noise_strength = method_of(name), 1.0
+        result_path = settings.output_dir / "results" / f"{name}.json"
+        if method.kind in ("classical", "oracle"):
+            noise_strength = select_noise_strength(method, settings)["chosen"]
+            _discard_other_strength(result_path, noise_strength)
         if method.kind == "learned" and name not in settings.pretrained:
             family = next(m for m in METHODS.values() if m.family == method.family and m.budget == "main")
             if method.family not in pilots:
@@ -556,9 +635,8 @@ def run_benchmark(settings: BenchmarkSettings) -> None:
             run_dir = settings.output_dir / "runs" / name
             train(method, settings, settings.budget_epochs(method), pilots[method.family]["chosen"], run_dir)
             weights[name] = run_dir / "model.pt"
-        result_path = settings.output_dir / "results" / f"{name}.json"
         if not _finished(result_path, selection):
             print(f"[evaluate] {name}", flush=True)
-            run_in_fresh_process(evaluate, method, settings, weights.get(name))
+            run_in_fresh_process(evaluate, method, settings, weights.get(name), noise_strength)
         report()
     report()

@@ -12,7 +12,8 @@ import numpy as np
 from bundle.io.datalist import write_datalist
 from bundle.io.layouts import find_dicom_series, read_slice_headers
 from bundle.simulation.low_dose import LowDoseSimulator
-from bundle.simulation.paired import NDCT_FOLDER, copy_atomically, ldct_folder, prepare_dicom_series, simulate_dicom_slice
+from bundle.simulation.paired import (NDCT_FOLDER, copy_atomically, ensure_simulated_slice, ldct_folder,
+                                      prepare_dicom_series)
 from bundle.transforms.neighbour_slices import neighbour_indices
 
 __all__ = ["SPLIT_KEYS", "block_neighbours", "block_slices", "prepare_block_datalist"]
@@ -66,9 +67,8 @@ def _neighbour_pair(source: Path, series: dict, filter_name: str, spec: dict, ou
         copy_atomically(source, label)
     folder = ldct_folder(dose) if own_filter == filter_name else f"{ldct_folder(dose)}-{filter_name}"
     image = output_dir / folder / series_path / source.name
-    if not image.exists():
-        simulator = LowDoseSimulator(num_views=spec["training_views"], filter_name=filter_name)
-        simulate_dicom_slice(source, image, dose, seed, simulator)
+    simulator = LowDoseSimulator(num_views=spec["training_views"], filter_name=filter_name)
+    ensure_simulated_slice(source, image, dose, seed, simulator)
     return {"image": str(image), "label": str(label)}
 
 
@@ -86,14 +86,15 @@ def prepare_block_datalist(blocks_file: os.PathLike | str, data_dir: os.PathLike
       that simulate their own doses.
 
     Entries carry ``patient`` (the block name), ``block``, ``anatomy``, ``kernel`` and ``dose_fraction``. Existing
-    outputs are kept, so an interrupted run resumes to identical files.
+    outputs made with the same settings are kept, so an interrupted run resumes to identical files.
 
     With ``neighbours`` = R > 0 (for the multi-slice StructKPN, ``slices`` up to 2R + 1), every entry also lists the
     2R + 1 slices around its own in z order, from its own block (:func:`block_neighbours`): ``image_slices`` and
     ``label_slices`` (training and validation), ``label_slices`` (test). A training slice's neighbours are simulated
     like it (reference dose, ``training_views`` views) with its filter, into ``ldct-<dose>-<filter>`` unless the
     neighbour is a training slice drawn with that filter; validation neighbours are validation slices at the same
-    dose. The entries' other keys, and the files ``neighbours=0`` writes, are the same.
+    dose. The entries' other keys, and the files ``neighbours=0`` writes, are the same. Existing files made with the
+    same settings are kept (a rerun resumes); one made with others is simulated again.
     """
     spec = json.loads(Path(blocks_file).read_text())
     data_dir, output_dir = Path(data_dir), Path(output_dir)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 from pydicom.uid import generate_uid
 
 from bundle.io.atomic import atomic_output
@@ -38,6 +40,7 @@ __all__ = [
     "add_simulator_arguments",
     "copy_atomically",
     "derivation_description",
+    "ensure_simulated_slice",
     "ldct_folder",
     "prepare_dicom_series",
     "prepare_nifti_volume",
@@ -48,6 +51,8 @@ __all__ = [
     "slice_rng",
     "write_split_datalist",
 ]
+
+logger = logging.getLogger(__name__)
 
 NDCT_FOLDER = "ndct"
 UID_ENTROPY_TAG = "structkpn-simulated-low-dose"
@@ -111,6 +116,25 @@ def simulate_dicom_slice(
     )
 
 
+def ensure_simulated_slice(
+    source: Path, output: Path, dose_fraction: float, seed: int, simulator: LowDoseSimulator
+) -> None:
+    """:func:`simulate_dicom_slice` unless ``output`` exists and was made with these parameters (its
+    DerivationDescription, :func:`derivation_description`); one made with others (another filter, dose, seed or
+    simulator: a folder left from an earlier version) is simulated again, with a warning, so that a resumed run
+    never mixes settings."""
+    expected = derivation_description(simulator, dose_fraction, seed)
+    if output.exists():
+        try:
+            found = str(pydicom.dcmread(output, stop_before_pixels=True).get("DerivationDescription", ""))
+        except Exception as error:  # a damaged file is made again
+            found = f"unreadable ({error})"
+        if found == expected:
+            return
+        logger.warning("%s was made with other settings (%s); simulating it again: %s", output, found, expected)
+    simulate_dicom_slice(source, output, dose_fraction, seed, simulator)
+
+
 def prepare_dicom_series(
     files: Sequence[Path],
     series_path: Path,
@@ -121,7 +145,7 @@ def prepare_dicom_series(
 ) -> list[dict]:
     """Copy a DICOM series to ``ndct/<series_path>`` and simulate it into ``ldct-<dose>/<series_path>``; returns the
     datalist entries (absolute paths; the patient is PatientID, or the series path's first folder without one).
-    Existing outputs are kept."""
+    Existing outputs made with the same settings are kept (:func:`ensure_simulated_slice`)."""
     entries = []
     for header in read_slice_headers(list(files)):
         patient = header.patient_id or series_path.parts[0]
@@ -130,8 +154,7 @@ def prepare_dicom_series(
             copy_atomically(header.path, label)
         for dose in dose_fractions:
             image = output_dir / ldct_folder(dose) / series_path / header.path.name
-            if not image.exists():
-                simulate_dicom_slice(header.path, image, dose, seed, simulator)
+            ensure_simulated_slice(header.path, image, dose, seed, simulator)
             entries.append({"image": str(image), "label": str(label), "patient": patient, "dose_fraction": dose})
     return entries
 
