@@ -20,17 +20,12 @@ from bundle.evaluation.benchmark import (
 )
 from bundle.evaluation.denoise import configured_network, load_denoiser
 from bundle.io import read_ct_slice
+from reference_metrics import paper_window_psnr
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
 #: four normal-dose slices of one sample series, in z order, standing in for a block's adjacent slices
 SERIES = [f"ndct/A0002-siemens-B40f/1-{n}.dcm" for n in ("04", "10", "17", "24")]
-
-
-def paper_window_psnr(hu: np.ndarray, reference_hu: np.ndarray) -> float:
-    """Independent PSNR: both images windowed to [-160, 240] HU -> [0, 1], data range 1."""
-    a, b = (np.clip((x - (-160.0)) / 400.0, 0.0, 1.0) for x in (hu, reference_hu))
-    return float(10.0 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
 def neighbour_settings(tmp_path: Path, with_neighbours: bool = True,

@@ -20,16 +20,11 @@ from bundle.evaluation.benchmark import (
     select_noise_strength,
 )
 from bundle.io import read_ct_slice
+from reference_metrics import paper_window_psnr
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
 CROP = (slice(200, 296), slice(160, 256))  # 96 x 96 pixels of mediastinum and lung
-
-
-def paper_window_psnr(hu: np.ndarray, reference_hu: np.ndarray) -> float:
-    """Independent PSNR: both images windowed to [-160, 240] HU -> [0, 1], data range 1."""
-    a, b = (np.clip((x - (-160.0)) / 400.0, 0.0, 1.0) for x in (hu, reference_hu))
-    return float(10.0 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
 def crop_dicom(source: Path, target: Path) -> str:

@@ -18,15 +18,10 @@ from bundle.evaluation.denoise import load_denoiser
 from bundle.evaluation.speed import pool_rounds
 from bundle.io import read_ct_slice
 from bundle.transforms import AddDoseConditiond
+from reference_metrics import paper_window_psnr
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
-
-
-def paper_window_psnr(hu: np.ndarray, reference_hu: np.ndarray) -> float:
-    """Independent PSNR: both images windowed to [-160, 240] HU -> [0, 1], data range 1."""
-    a, b = (np.clip((x - (-160.0)) / 400.0, 0.0, 1.0) for x in (hu, reference_hu))
-    return float(10.0 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
 def sample_slice_and_shipped_model() -> tuple[torch.Tensor, torch.nn.Module]:
