@@ -123,3 +123,14 @@ def test_strengths_are_scored_on_validation_and_results_at_another_strength_are_
     assert result["noise_strength"] == 0.5 and len(result["slices"]) == 1
     assert result["slices"][0]["psnr_paper"] < 60.0
     assert "noise strength 0.5" in settings.report.read_text()
+
+
+def test_validation_pairs_without_block_tags_are_refused_by_name(tmp_path):
+    from bundle.evaluation.benchmark import validation_scores
+
+    settings = cropped_settings(tmp_path, (1.0,))
+    datalist = json.loads(settings.datalist.read_text())
+    datalist["validation"] = [{k: v for k, v in e.items() if k != "anatomy"} for e in datalist["validation"]]
+    settings.datalist.write_text(json.dumps(datalist))
+    with pytest.raises(ValueError, match=r"validation pair .*1-04\.dcm has no anatomy: the benchmark takes a block"):
+        validation_scores(METHODS["ldct"], settings)

@@ -43,8 +43,9 @@ def block_datalist(tmp_path: Path) -> Path:
     absolute = lambda e: {**e, "image": str(SAMPLE / e["image"]), "label": str(SAMPLE / e["label"])}  # noqa: E731
     test = [{"label": str(SAMPLE / e["label"]), "block": block, "anatomy": "chest", "kernel": "smooth"}
             for e, block in zip(sample["test"][:2], ("chest-a", "chest-b"))]  # fmt: skip
+    tags = {"block": "chest-v", "anatomy": "chest", "kernel": "smooth"}  # as prepare_block_datalist tags them
     datalist = {"training": [absolute(e) for e in sample["training"]],
-                "validation": [absolute(e) for e in sample["validation"][:1]], "test": test}  # fmt: skip
+                "validation": [{**absolute(e), **tags} for e in sample["validation"][:1]], "test": test}  # fmt: skip
     path = tmp_path / "datalist.json"
     path.write_text(json.dumps(datalist))
     return path

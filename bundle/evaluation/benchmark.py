@@ -315,6 +315,10 @@ def validation_scores(method: Method, settings: BenchmarkSettings, weights: Path
     denoise = method_denoiser(method, settings.repo, weights, noise_strength)
     rows = []
     for entry in entries:
+        missing = [key for key in ("block", "anatomy", "kernel") if key not in entry]
+        if missing:
+            raise ValueError(f"{settings.datalist}: validation pair {entry['label']} has no {', '.join(missing)}: "
+                             "the benchmark takes a block datalist (scripts/prepare_shipped_model_data.py)")  # fmt: skip
         image = read_ct_slice(settings.datalist.parent / entry["image"]).hu.astype(np.float32)
         label = read_ct_slice(settings.datalist.parent / entry["label"]).hu.astype(np.float32)
         dose = float(entry["dose_fraction"])
