@@ -99,13 +99,19 @@ def test_benchmark_pilots_trains_evaluates_reports_and_resumes(tmp_path):
     assert "[evaluate] ldct" in again.stdout and "[evaluate] structkpn" not in again.stdout
     assert (output / "results/structkpn.json").stat().st_mtime_ns == before
 
-    # --report_only writes the report from what is there and runs nothing
+    # --report_only writes the report from what is there and runs nothing; a result whose figure slices are not
+    # there (they stay out of git, so a fresh clone has none) keeps its rows, its figure panel is marked missing
     (output / "results/ldct.json").unlink()
+    for figure_slice in (output / "results/structkpn").glob("*.npy"):
+        figure_slice.unlink()
     report.unlink()
     only = subprocess.run([*command, "--report_only"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert only.returncode == 0, only.stderr[-3000:]
     assert "[evaluate]" not in only.stdout and not (output / "results/ldct.json").exists()
     assert "**Not finished yet**" in report.read_text() and "| `structkpn` |" in report.read_text()
+    assert {r["method"] for r in csv.DictReader(open(report.with_suffix("") / "benchmark.csv"))} == {"structkpn"}
+    assert (report.with_suffix("") / "chest-a.png").stat().st_size > 1000
+    assert not list((output / "results/structkpn").glob("*.npy"))
 
 
 def test_training_curve_reads_the_last_pass_of_each_epoch(tmp_path):

@@ -546,14 +546,20 @@ def evaluate(method: Method, settings: BenchmarkSettings, weights: Path | None, 
     return output
 
 
-def _finished(result_path: Path, selection: dict) -> bool:
-    """Are all the rows and figure slices of a method's results there?"""
-    if not result_path.exists() or not all(
-        (result_path.with_suffix("") / f"{block}.npy").exists() for block in selection["figure_labels"]
-    ):
+def _all_rows(result_path: Path, selection: dict) -> bool:
+    """Are all the rows (every test slice at every dose) of a method's results there?"""
+    if not result_path.exists():
         return False
     rows = json.loads(result_path.read_text())["slices"]
     return len(rows) >= len(selection["entries"]) * len(selection["doses"])
+
+
+def _finished(result_path: Path, selection: dict) -> bool:
+    """Are all the rows and figure slices (kept out of git: absent on a fresh clone) of a method's results there?"""
+    figures = result_path.with_suffix("")
+    return _all_rows(result_path, selection) and all(
+        (figures / f"{block}.npy").exists() for block in selection["figure_labels"]
+    )
 
 
 def training_curve(log: Path) -> list[float]:
@@ -615,7 +621,7 @@ def run_benchmark(settings: BenchmarkSettings) -> None:
         results, records = {}, {name: {"pretrained": path} for name, path in settings.pretrained.items()}
         for name in order:
             path = settings.output_dir / "results" / f"{name}.json"
-            if _finished(path, selection):
+            if _all_rows(path, selection):  # figure slices missing: the figures leave its panel blank
                 results[name] = json.loads(path.read_text())
             done = settings.output_dir / "runs" / name / "done.json"
             if done.exists():

@@ -66,22 +66,26 @@ def zoom_box(reference_hu: np.ndarray, size: int) -> tuple[int, int]:
     return int(row), int(column)
 
 
-def comparison_figure(images: dict[str, np.ndarray], path: Path, zoom: int, window_hu: tuple[float, float],
+def comparison_figure(images: dict[str, np.ndarray | None], path: Path, zoom: int, window_hu: tuple[float, float],
                       title: str) -> None:  # fmt: skip
     """Full slices in ``window_hu`` (first ``images`` entry: the reference) and, below, the region of ``zoom``
-    pixels with the most fine structure, enlarged (as the paper's Fig. 3)."""
+    pixels with the most fine structure, enlarged (as the paper's Fig. 3). A ``None`` image is a blank panel marked
+    as missing."""
     from matplotlib import patches, pyplot as plt
 
     row, column = zoom_box(next(iter(images.values())), zoom)
     low, high = window_hu
     figure, axes = plt.subplots(2, len(images), figsize=(2.2 * len(images), 4.8), layout="constrained", squeeze=False)
     for index, (name, hu) in enumerate(images.items()):
+        for axis in axes[:, index]:
+            axis.axis("off")
+        if hu is None:
+            axes[0, index].set_title(f"{name}\n(slice not here: rerun the job)", fontsize=7)
+            continue
         axes[0, index].imshow(hu, cmap="gray", vmin=low, vmax=high)
         axes[0, index].add_patch(patches.Rectangle((column, row), zoom, zoom, fill=False, color="yellow", lw=1))
         axes[0, index].set_title(name, fontsize=8)
         axes[1, index].imshow(hu[row : row + zoom, column : column + zoom], cmap="gray", vmin=low, vmax=high)
-        for axis in axes[:, index]:
-            axis.axis("off")
     figure.suptitle(f"{title}, window [{low:g}, {high:g}] HU", fontsize=10)
     figure.savefig(path, dpi=70)
     plt.close(figure)
@@ -428,7 +432,8 @@ def write_benchmark_report(settings, order: list[str], selection: dict, records:
         for block, label in selection["figure_labels"].items():
             reference = read_ct_slice(label).hu.astype(np.float32)
             images = {"normal dose": reference}
-            images.update({m: np.load(settings.output_dir / "results" / m / f"{block}.npy") for m in main_table})
+            slices = {m: settings.output_dir / "results" / m / f"{block}.npy" for m in main_table}
+            images.update({m: np.load(path) if path.exists() else None for m, path in slices.items()})
             anatomy = next(e["anatomy"] for e in selection["entries"] if e["block"] == block)
             comparison_figure(images, figures / f"{block}.png", max(reference.shape[0] // 5, 32),
                               ANATOMY_WINDOWS_HU[anatomy], f"{block}, dose {main_dose:g}")  # fmt: skip
