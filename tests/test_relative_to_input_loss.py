@@ -28,6 +28,9 @@ def test_ratio_is_the_closed_form_of_a_shrunk_error() -> None:
     torch.testing.assert_close(ratio, shrink.flatten() ** 2)
     mean = RelativeToInputLoss(PerImageMSE(), target_channels=1, epsilon=0.0)
     torch.testing.assert_close(mean(prediction, torch.cat([target, noisy], dim=1)), (shrink.flatten() ** 2).mean())
+    halfway = RelativeToInputLoss(PerImageMSE(), target_channels=1, epsilon=0.0, power=0.5, reduction="none")
+    input_mse = ((noisy - target) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(halfway(prediction, torch.cat([target, noisy], dim=1)), shrink.flatten() ** 2 * input_mse.sqrt())
 
 
 def test_input_channel_picks_the_image_among_the_appended_channels() -> None:
@@ -52,6 +55,8 @@ def test_gradient_is_the_wrapped_gradient_over_the_input_loss() -> None:
 
 
 def test_rejects_a_reduced_loss_and_a_target_without_the_input() -> None:
+    with pytest.raises(ValueError, match="power"):
+        RelativeToInputLoss(StructureAwareLoss(reduction="none"), target_channels=3, power=2.0)
     with pytest.raises(ValueError, match="reduction='none'"):
         RelativeToInputLoss(StructureAwareLoss(), target_channels=3)
     loss = RelativeToInputLoss(StructureAwareLoss(reduction="none"), target_channels=3, input_channel=0)

@@ -12,7 +12,7 @@ __all__ = ["RelativeToInputLoss"]
 
 class RelativeToInputLoss(_Loss):
     """
-    ``loss(prediction, target) / loss(input, target)`` per image: the loss of the prediction over the loss the
+    ``loss(prediction, target) / loss(input, target) ** power`` per image: the loss of the prediction over the loss the
     network's own input (the low-dose image, returned unchanged) would have.
 
     A denoiser trained over doses 0.05-0.9 with a plain loss learns mostly from the noisiest images: the input of a
@@ -20,6 +20,8 @@ class RelativeToInputLoss(_Loss):
     times smaller, and the network is free to lose a little on the good scans (e.g. blurring low-contrast edges)
     to gain on the bad ones. Here each image's loss is divided by its input's, a constant of the data (no gradient
     flows through it): 1 is "as good as the input", and every image weighs by its relative gain, whatever its dose.
+    ``power`` p between 0 and 1 divides by the input's loss to the power p instead: 0 is the wrapped loss itself,
+    1 the ratio, 0.5 halfway (in log terms) between weighting every image equally and weighting its gain.
 
     The trainer passes only ``(prediction, target)``, so the input rides along as extra target channels: the
     target is (B, T + N, H, W), the T channels the wrapped loss takes (e.g. 3: image, strength, coherence for
@@ -32,6 +34,7 @@ class RelativeToInputLoss(_Loss):
         target_channels: T, the target channels the wrapped loss takes.
         input_channel: index, within the N appended channels, of the (unfiltered) input image.
         epsilon: added to the input's loss, for images the input already matches (e.g. all padding).
+        power: p, the power of the input's loss divided by (1: the ratio).
         reduction: ``"mean"`` or ``"sum"`` over the batch, or ``"none"`` for the (B,) ratios.
 
     Example::
@@ -48,6 +51,7 @@ class RelativeToInputLoss(_Loss):
         target_channels: int,
         input_channel: int = 0,
         epsilon: float = 1e-6,
+        power: float = 1.0,
         reduction: LossReduction | str = LossReduction.MEAN,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
@@ -59,6 +63,9 @@ class RelativeToInputLoss(_Loss):
         self.target_channels = target_channels
         self.input_channel = input_channel
         self.epsilon = epsilon
+        if not 0.0 <= power <= 1.0:
+            raise ValueError(f"power must be in [0, 1], got {power}.")
+        self.power = power
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """
@@ -82,7 +89,7 @@ class RelativeToInputLoss(_Loss):
             raise ValueError(f"the wrapped loss must return one value an image, shape ({input.shape[0]},), got {tuple(loss.shape)}.")
         with torch.no_grad():
             baseline = self.loss(unfiltered, reference)
-        ratio = loss / (baseline + self.epsilon)
+        ratio = loss / (baseline + self.epsilon) ** self.power
         if self.reduction == LossReduction.MEAN.value:
             return ratio.mean()
         if self.reduction == LossReduction.SUM.value:
