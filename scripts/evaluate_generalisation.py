@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--output_noise", choices=("normal_dose", "mmse"), help="the network's identity mix "
                         "(default: the config's; mmse mixes by the dose fraction instead of its square root)")
     parser.add_argument("--dose_fractions", type=float, nargs="+", default=list(DOSE_FRACTIONS))
+    parser.add_argument("--split", default="test", choices=("test", "validation"), help="blocks to score: the "
+                        "held-out test blocks, or the validation blocks (to choose between models)")
     parser.add_argument("--slice_step", type=int, default=4, help="every n-th slice of each block")
     parser.add_argument("--bm3d_slice_step", type=int, default=2, help="BM3D on every n-th evaluated slice")
     parser.add_argument("--cache_dir", type=Path, help="keep the simulated low-dose slices here (reused on reruns)")
@@ -59,11 +61,11 @@ def main() -> None:
         stress_rows = read_rows(args.stress_results) if args.stress_results else []
     else:
         rows = evaluate_blocks(denoise, args.datalist, args.results, args.dose_fractions, args.slice_step,
-                               bm3d_slice_step=args.bm3d_slice_step, cache_dir=args.cache_dir)
+                               bm3d_slice_step=args.bm3d_slice_step, cache_dir=args.cache_dir, split=args.split)
         if args.stress_results:
             stress_rows = evaluate_blocks(denoise, args.datalist, args.stress_results, args.dose_fractions,
                                           args.slice_step, bm3d_dose_fractions=(), noise_filter="hann",
-                                          kernels=("sharp",), cache_dir=args.cache_dir)
+                                          kernels=("sharp",), cache_dir=args.cache_dir, split=args.split)
     if denoise is None:
         return
     text = report_markdown(summarise(rows))
@@ -75,7 +77,7 @@ def main() -> None:
     print(text)
     if args.figures:
         first = {}
-        for entry in held_out_slices(args.datalist):
+        for entry in held_out_slices(args.datalist, split=args.split):
             first.setdefault(entry["anatomy"], entry)
         figures = [comparison_figure(denoise, entry, 0.25, args.figures / f"{anatomy}.png", cache_dir=args.cache_dir)
                    for anatomy, entry in first.items()]
@@ -85,7 +87,9 @@ def main() -> None:
     if args.report:
         command = ["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]
         option = f" (`--output_noise {args.output_noise}`)" if args.output_noise else ""
-        write_report(args.report, f"# The shipped model{option} on held-out blocks at every dose\n\n"
+        blocks = "held-out blocks" if args.split == "test" else "validation blocks"
+        model = "The shipped model" if args.ckpt_path is None else f"`{args.ckpt_path}`"
+        write_report(args.report, f"# {model}{option} on {blocks} at every dose\n\n"
                      f"{provenance(command, REPO)} Blocks: `configs/data/shipped_model_blocks.json`; method: "
                      f"`bundle/evaluation/generalisation.py`.\n\n{text}")
 

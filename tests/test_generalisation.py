@@ -10,6 +10,7 @@ import pytest
 
 from bundle.evaluation.generalisation import (
     evaluate_blocks,
+    held_out_slices,
     noise_simulator,
     report_markdown,
     summarise,
@@ -69,6 +70,19 @@ def test_identity_scores_as_its_input_and_a_rerun_resumes(block_datalist, tmp_pa
     assert {(r["block"], r["noise_filter"]) for r in stress} == {("b-sharp", "hann")}
     # the apodised (Hann) filter passes less high-frequency noise than the ramp at the same dose
     assert stress[0]["input_psnr_paper"] > half[stress[0]["label"]]["input_psnr_paper"] + 1.0
+
+
+def test_validation_split_scores_each_slice_once(block_datalist, tmp_path):
+    """The validation split lists every slice at two doses: it is scored once a slice and dose, in block order."""
+    test = json.loads(block_datalist.read_text())["test"]
+    validation = [{**entry, "dose_fraction": dose} for entry in test for dose in (0.1, 0.5)]
+    block_datalist.write_text(json.dumps({"test": test[:1], "validation": validation}))
+    slices = list(held_out_slices(block_datalist, split="validation"))
+    assert [s["label"] for s in slices] == [str((tmp_path / e["label"]).resolve()) for e in test]
+    assert len(list(held_out_slices(block_datalist))) == 1  # the test split by default
+    rows = evaluate_blocks(lambda hu, dose: hu, block_datalist, tmp_path / "rows.csv", dose_fractions=(0.5,),
+                           slice_step=1, bm3d_dose_fractions=(), split="validation")
+    assert sorted(r["label"] for r in rows) == sorted(s["label"] for s in slices)
 
 
 def test_report_states_the_worst_case_and_counts_every_loss():

@@ -59,13 +59,18 @@ KERNEL_NOISE_FILTERS = {"smooth": "hann", "sharp": "ram-lak"}
 Denoise = Callable[[np.ndarray, float], np.ndarray]
 
 
-def held_out_slices(datalist: os.PathLike | str, slice_step: int = 1) -> Iterator[dict]:
-    """The ``test`` entries of a block datalist, every ``slice_step``-th of each block, with absolute ``label``."""
+def held_out_slices(datalist: os.PathLike | str, slice_step: int = 1, split: str = "test") -> Iterator[dict]:
+    """The ``split`` entries of a block datalist (``"test"``, or ``"validation"`` to select a model without the test
+    blocks), one per normal-dose slice (the validation split lists each at two doses), every ``slice_step``-th of
+    each block, with absolute ``label``."""
     datalist = Path(datalist)
-    entries = json.loads(datalist.read_text())["test"]
+    entries = json.loads(datalist.read_text())[split]
     by_block: dict[str, list[dict]] = {}
+    seen: set[str] = set()
     for entry in entries:
-        by_block.setdefault(entry["block"], []).append(entry)
+        if entry["label"] not in seen:
+            seen.add(entry["label"])
+            by_block.setdefault(entry["block"], []).append(entry)
     for block_entries in by_block.values():
         for entry in block_entries[::slice_step]:
             yield {**entry, "label": str((datalist.parent / entry["label"]).resolve())}
@@ -158,9 +163,10 @@ def evaluate_blocks(
     noise_filter: str | None = None,
     kernels: Sequence[str] = ("smooth", "sharp"),
     cache_dir: os.PathLike | str | None = None,
+    split: str = "test",
 ) -> list[dict]:
     """
-    Score ``denoise(low_dose_hu, dose_fraction)`` and its input on every ``slice_step``-th test slice of each block
+    Score ``denoise(low_dose_hu, dose_fraction)`` and its input on every ``slice_step``-th ``split`` slice of each block
     of ``datalist`` whose kernel class is in ``kernels``, at each dose; BM3D with the true noise spectrum too at
     ``bm3d_dose_fractions`` on every ``bm3d_slice_step``-th of those slices of ``bm3d_anatomies``. The added noise
     has the filter of :data:`KERNEL_NOISE_FILTERS` for the block's kernel, or ``noise_filter`` on every block. One
@@ -171,7 +177,7 @@ def evaluate_blocks(
     rows = read_rows(results_csv)
     done = {(row["label"], float(row["dose_fraction"])) for row in rows}
     counters: dict[str, int] = {}
-    for entry in held_out_slices(datalist, slice_step):
+    for entry in held_out_slices(datalist, slice_step, split):
         if entry["kernel"] not in kernels:
             continue
         simulator = noise_simulator(entry["kernel"], noise_filter)
