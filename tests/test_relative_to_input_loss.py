@@ -7,7 +7,7 @@ import torch
 from ignite.engine import Events
 
 from bundle.losses import RelativeToInputLoss, StructureAwareLoss
-from tests.test_workflows import SAMPLE, near_identity_checkpoint, workflow
+from tests.test_workflows import near_identity_checkpoint, sample_training
 
 
 class PerImageMSE(torch.nn.Module):
@@ -70,12 +70,9 @@ def test_rejects_a_reduced_loss_and_a_target_without_the_input() -> None:
 
 def test_training_config_carries_the_input_to_the_loss(tmp_path) -> None:
     """train.json + losses/relative_to_input.json on the sample: a network that returns its input scores 1."""
-    flow = workflow(
-        "train",
+    flow = sample_training(
+        tmp_path,
         ["train.json", "losses/relative_to_input.json"],
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"),
-        dataset_dir=str(SAMPLE),
         epochs=1,
         val_interval=10,
         patches_per_slice=2,

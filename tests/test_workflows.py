@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,18 @@ def workflow(workflow_type: str, config_files: list[str], **overrides) -> Config
     return flow
 
 
+def sample_training(out: Path, config_files: Sequence[str] = ("train.json",), **overrides) -> ConfigWorkflow:
+    """The training workflow on the embedded sample, writing under ``out`` (``models/``, ``eval/``)."""
+    return workflow(
+        "train",
+        list(config_files),
+        ckpt_dir=str(out / "models"),
+        output_dir=str(out / "eval"),
+        dataset_dir=str(SAMPLE),
+        **overrides,
+    )
+
+
 def psnr_in_window(pred_hu: np.ndarray, label_hu: np.ndarray, window=(-160.0, 240.0)) -> float:
     """PSNR with data range 1 after mapping the HU window to [0, 1] (the paper's convention)."""
     lo, hi = window
@@ -78,16 +91,7 @@ def trained(tmp_path_factory):
     """Three epochs of training on the sample (validation each epoch), shared by the later tests; with the
     validation PSNR and a copy of the weights at each validation."""
     out = tmp_path_factory.mktemp("train")
-    flow = workflow(
-        "train",
-        ["train.json"],
-        ckpt_dir=str(out / "models"),
-        output_dir=str(out / "eval"),
-        dataset_dir=str(SAMPLE),
-        epochs=3,
-        val_interval=1,
-        patches_per_slice=4,
-    )
+    flow = sample_training(out, epochs=3, val_interval=1, patches_per_slice=4)
     trainer = flow.parser.get_parsed_content("train#trainer")
     network, validations = flow.parser.get_parsed_content("network"), []
     flow.parser.get_parsed_content("validate#evaluator").add_event_handler(
@@ -126,16 +130,8 @@ def test_training_saves_best_model_and_resumable_state(trained):
 
 def test_training_resumes_from_checkpoint(trained, tmp_path):
     out, _, _ = trained
-    flow = workflow(
-        "train",
-        ["train.json"],
-        ckpt_dir=str(tmp_path / "models"),
-        output_dir=str(tmp_path / "eval"),
-        dataset_dir=str(SAMPLE),
-        epochs=4,
-        val_interval=5,
-        patches_per_slice=2,
-        resume_from=str(out / "models" / "training_final.pt"),
+    flow = sample_training(
+        tmp_path, epochs=4, val_interval=5, patches_per_slice=2, resume_from=str(out / "models" / "training_final.pt")
     )
     trainer = flow.parser.get_parsed_content("train#trainer")
     flow.run()
