@@ -7,12 +7,13 @@
 #
 # Every learned method (StructKPN, the 3-slice StructKPN, RED-CNN, BasicUNet, WavResNet) is trained as the shipped
 # model was (50 epochs of the 149 training slices, 8 patches each: 59,600 patches) at the learning rate its 2-epoch
-# pilots score best on the validation blocks; the ablations (paper Tables 2 and 3, and the neighbour kernels of the
-# 3-slice network) get 10 epochs each. State (pilots, runs with their latest
-# epoch checkpoint, per-method results) is kept in models/benchmark, so it can be committed and the same command
-# continues on another machine; the simulated test slices go to WORK_DIR. Rerun after a kill: finished stages are
-# skipped. On 2 CPU cores the whole job is about a day of compute; on a GPU it runs unchanged (train.json picks the
-# device). docs/benchmark.md is rewritten after every method and says what is still to run.
+# pilots score best on the validation blocks; the ablations (paper Tables 2 and 3, the neighbour kernels of the
+# 3-slice network, and RED-CNN trained at one dose against over every dose) get 10 epochs each. State (pilots, runs
+# with their latest epoch checkpoint, per-method results) is kept in models/benchmark, so it can be committed and
+# the same command continues on another machine; the simulated test slices go to WORK_DIR. Rerun after a kill:
+# finished stages are skipped. On 2 CPU cores the whole job is about 11 h of compute (the report states it); on a
+# GPU it runs unchanged (train.json picks the device). docs/benchmark.md is rewritten after every method and says
+# what is still to run.
 set -euo pipefail
 data_dir=${1:?folder holding lung-pet-ct-dx, pancreatic-ct-cbct-seg and cct228-atcm-phantom}
 work=${2:?work folder}
@@ -22,5 +23,5 @@ grep -qs label_slices "$work/pairs/datalist.json" || python scripts/prepare_ship
     --data_dir "$data_dir" --output_dir "$work/pairs" --blocks configs/data/shipped_model_blocks.json --neighbours 1
 python scripts/benchmark.py --datalist "$work/pairs/datalist.json" --output_dir models/benchmark \
     --cache_dir "$work/benchmark_low_dose" --report docs/benchmark.md --slice_step 8 --doses 0.1 0.25 0.5 \
-    --epochs 50 --ablation_epochs 10 --ablations loss kernel_size slices \
+    --epochs 50 --ablation_epochs 10 --ablations loss kernel_size slices dose \
     --pretrained structkpn_shipped=models/model.pt --notes docs/benchmark_notes.md

@@ -138,3 +138,23 @@ def test_pilots_score_every_dose_of_the_validation_slices_they_take(tmp_path):
     pairs = validation_pairs(datalist, 2)
     assert [(p["label"], p["dose_fraction"]) for p in pairs] == [(slices[n], d) for n in (0, 2, 4) for d in (0.1, 0.5)]
     assert validation_pairs(datalist, 1) == entries
+
+
+def test_the_dose_ablation_puts_each_network_beside_the_input_at_every_dose():
+    from bundle.evaluation.benchmark_report import block_means, dose_ablation_section
+
+    doses, blocks = (0.1, 0.5), ["chest-a", "abdomen-a"]
+    ldct = {(b, d): 20.0 if d == 0.1 else 30.0 for b in blocks for d in doses}
+    blind = {(b, d): 26.0 if d == 0.1 else 29.0 for b in blocks for d in doses}  # one amount removed: below at 0.5
+    matched = {(b, d): 24.0 if d == 0.1 else 31.0 for b in blocks for d in doses}
+    results = {"ldct": _result(ldct, 0.80, 0.0, 0.0), "redcnn": _result(blind, 0.82, 1.0, 1.0),
+               "redcnn_d50": _result(matched, 0.79, 1.0, 1.0)}  # fmt: skip
+    means = {m: {d: block_means(results[m], d) for d in doses} for m in results}
+    text = "\n".join(dose_ablation_section(results, means, blocks, doses, ("redcnn", "redcnn_d50"), 10))
+    assert "| `ldct` | 20.00 / 0.8000 | 30.00 / 0.8000 |" in text
+    # blind: above the input at 0.1 in all 8 cases; below it at 0.5 in PSNR (2 windows x 2 blocks), SSIM above
+    assert "| `redcnn` | 26.00 / 0.8200 (0) | 29.00 / 0.8200 (4) |" in text
+    # matched to 0.5: above the input there in PSNR, below in SSIM (4); at 0.1 above in PSNR, below in SSIM (4)
+    assert "| `redcnn_d50` | 24.00 / 0.7900 (4) | 31.00 / 0.7900 (4) |" in text
+    assert dose_ablation_section({"ldct": results["ldct"], "redcnn": results["redcnn"]}, means, blocks, doses,
+                                 ("redcnn",), 10) == []  # fmt: skip

@@ -272,3 +272,22 @@ def test_bfloat16_inference_stays_within_a_few_hu_of_float32():
     assert half.dtype == torch.float32
     # measured with the shipped 0.3.0 model: mean 0.044 HU, max 7.05 HU (0.2.0: mean 0.042 HU, max 3.53 HU)
     assert float(difference_hu.mean()) < 0.1 and float(difference_hu.max()) < 10.0
+
+
+def test_speed_benchmark_times_the_shipped_model_against_the_single_dose_model(tmp_path):
+    """The dose-aware model's time is stated against the single-dose model it replaced (issue #13: within 1.25x),
+    whose weights come from the git history: both cases load and run."""
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=REPO, capture_output=True, text=True)
+    if shallow.stdout.strip() != "false":
+        pytest.skip("needs the git history (the single-dose weights are an earlier commit's)")
+    command = [sys.executable, "scripts/benchmark_speed.py", "--cases", "slice_lite", "slice_lite_single_dose",
+               "--repeats", "1"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r[0][2:]: r for r in (line.split(" | ") for line in done.stdout.splitlines()) if r[0].startswith("| slice_")}
+    lite_s, single_s = float(rows["slice_lite"][1]), float(rows["slice_lite_single_dose"][1])
+    ratio = float(re.fullmatch(r"shipped dose-aware model takes ([0-9.]+)x this time", rows["slice_lite_single_dose"][2]).group(1))
+    assert ratio == pytest.approx(lite_s / single_s, abs=0.006 + 0.002 / min(lite_s, single_s))
+    # each denoised the quarter-dose sample slice well above its input (27.7 dB; the single-dose model was trained
+    # at quarter dose)
+    assert all(float(re.search(r"PSNR ([0-9.]+) dB", rows[c][4]).group(1)) > 30 for c in rows)

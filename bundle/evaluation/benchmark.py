@@ -92,6 +92,8 @@ METHODS = {
         Method("wavresnet", "learned", "WavResNet (stationary Haar), MSE loss", (_WAVRESNET, _MSE), family="wavresnet"),
         Method("redcnn_l1", "learned", "RED-CNN, L1 loss", (_REDCNN, _L1), budget="ablation", family="redcnn"),
         Method("redcnn_sa", "learned", "RED-CNN, structure-aware loss", (_REDCNN,), budget="ablation", family="redcnn"),
+        Method("redcnn_d50", "learned", "RED-CNN, MSE loss, trained at dose 0.5 only", (_REDCNN, _MSE),
+               {"dose_range": [0.5, 0.5]}, budget="ablation", family="redcnn"),  # fmt: skip
         Method("structkpn_l1", "learned", "StructKPN lite, L1 loss", (_L1,), budget="ablation", family="structkpn"),
         Method("structkpn_sa", "learned", "StructKPN lite, structure-aware loss, k = 21", budget="ablation",
                family="structkpn"),  # fmt: skip
@@ -115,6 +117,7 @@ ABLATIONS = {
     "kernel_size": ("structkpn_k15", "structkpn_k19", "structkpn_sa", "structkpn_k23", "structkpn_k27"),
     "preset": ("structkpn_sa", "structkpn_authors"),
     "slices": ("structkpn_sa", "structkpn_s3_sa", "structkpn_s3_n21"),
+    "dose": ("redcnn", "redcnn_d50"),  # a dose-blind baseline trained over every dose, and at the one it is tested at
 }
 #: the paper's PSNR (dB) / SSIM on its NIH data at quarter dose, window [-160, 240] HU: Table 1 (methods), Table 2
 #: (losses), Table 3 (kernel sizes), under this benchmark's method names
