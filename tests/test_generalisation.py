@@ -88,7 +88,8 @@ def test_validation_split_scores_each_slice_once(block_datalist, tmp_path):
 def test_report_states_the_worst_case_and_counts_every_loss():
     def row(block, dose, gain_psnr, gain_ssim):
         base = {"block": block, "anatomy": "chest", "dose_fraction": dose, "reference_noise_hu": 10.0,
-                "input_noise_ratio": 2.0, "output_noise_ratio": 1.0, "output_hu_shift": 0.5}
+                "input_noise_ratio": 2.0, "output_noise_ratio": 1.0, "input_hu_shift": -0.25,
+                "output_hu_shift": 0.5}
         for window in ("paper", "own", "brain"):
             base.update({f"input_psnr_{window}": 30.0, f"output_psnr_{window}": 30.0 + gain_psnr,
                          f"input_ssim_{window}": 0.9, f"output_ssim_{window}": 0.9 + gain_ssim})
@@ -99,3 +100,5 @@ def test_report_states_the_worst_case_and_counts_every_loss():
     text = report_markdown(summary)
     assert "PSNR gain over the input, paper window: worst -0.50 dB (b, dose 0.5)" in text
     assert "worse than its input: 3 of 12" in text  # block b: PSNR in each of the 3 windows
+    assert "| 2.00 / 1.00 | -0.25 / +0.50 |" in text  # noise ratio and HU shift, input / output
+    assert "largest |mean HU shift| 0.50 HU (a, dose 0.25; the input's there -0.25 HU); within 2 HU in 2 of 2" in text
